@@ -1,0 +1,125 @@
+# Nightjar developer entry points. Everything a fresh Debian/Ubuntu machine needs is set up
+# from here: `make test` installs missing system packages (Java, Maven, Go), creates .venv,
+# lints, runs the unit tests, starts Kafka + FerretDB natively and runs the integration and
+# end-to-end tests against them, and always stops the services again.
+#
+#   make venv         .venv with the project, dev tools and the model converter
+#   make lint         ruff check, ruff format --check, mypy
+#   make unit         tests that need no services
+#   make test         lint + unit + integration/e2e against real services (what CI runs)
+#   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
+#   make demo | bench | models           nightjar demo / bench / models fetch
+#   make up / down    the docker compose deployment
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOTSTRAP ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+NIGHTJAR := $(VENV)/bin/nightjar
+STAMP := $(VENV)/.nightjar-installed
+EXTRAS ?= dev,convert
+UNIT ?= tests/unit
+INTEGRATION ?= tests/integration tests/e2e
+PYTEST_ARGS ?=
+MODELS_MIRROR ?= ../shared/reference/models
+COMPOSE ?= docker compose
+
+# The tests reach the services where `nightjar services up` puts them (ports movable with
+# NIGHTJAR_SERVICES_KAFKA_PORT / NIGHTJAR_SERVICES_FERRETDB_PORT).
+KAFKA_ADDRESS := 127.0.0.1:$(or $(NIGHTJAR_SERVICES_KAFKA_PORT),9092)
+MONGO_ADDRESS := mongodb://127.0.0.1:$(or $(NIGHTJAR_SERVICES_FERRETDB_PORT),27017)
+
+# apt-get needs root: use sudo when not root (CI runs as root, without a terminal).
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+.PHONY: help venv system-deps lint format unit test services-up services-down services-status \
+	demo bench models up down clean
+
+help:
+	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
+
+# Java runs Kafka, Maven gathers its jars, Go builds FerretDB (1.24+: see
+# broker/services/ferretdb.py when the distribution's golang-go is older).
+system-deps:
+	@missing=""; \
+	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	command -v go >/dev/null || missing="$$missing golang-go"; \
+	$(PYTHON_BOOTSTRAP) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing Debian packages:$$missing"; \
+		command -v apt-get >/dev/null || { echo "make: no apt-get here; install$$missing yourself" >&2; exit 1; }; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+$(STAMP): pyproject.toml | system-deps
+	@[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+	@touch $@
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+unit: $(STAMP)
+	$(PY) -m pytest $(UNIT) $(PYTEST_ARGS)
+
+# Services are stopped on every way out (success, test failure, Ctrl-C) and the tests'
+# exit status is kept. Exit status 5 (nothing collected) only means no such tests yet.
+test: lint unit system-deps
+	@trap '$(NIGHTJAR) services down' EXIT; trap 'exit 130' INT TERM; \
+	$(NIGHTJAR) services up || exit $$?; \
+	paths="$(wildcard $(INTEGRATION))"; \
+	if [ -z "$$paths" ]; then echo "make: none of $(INTEGRATION) exists yet"; exit 0; fi; \
+	status=0; \
+	NIGHTJAR_REQUIRE_SERVICES=1 NIGHTJAR_TEST_KAFKA=$(KAFKA_ADDRESS) \
+	NIGHTJAR_TEST_MONGO=$(MONGO_ADDRESS) NIGHTJAR_KAFKA__BOOTSTRAP_SERVERS=$(KAFKA_ADDRESS) \
+	NIGHTJAR_MONGO__URI=$(MONGO_ADDRESS) \
+		$(PY) -m pytest $$paths $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then echo "make: no integration or e2e tests collected"; status=0; fi; \
+	exit $$status
+
+services-up: $(STAMP) system-deps
+	$(NIGHTJAR) services up
+
+services-down: $(STAMP)
+	$(NIGHTJAR) services down
+
+services-status: $(STAMP)
+	$(NIGHTJAR) services status
+
+demo: $(STAMP)
+	$(NIGHTJAR) demo
+
+bench: $(STAMP)
+	$(NIGHTJAR) bench
+
+models: $(STAMP)
+	@if [ -d $(MODELS_MIRROR) ]; then \
+		$(NIGHTJAR) models fetch --mirror $(MODELS_MIRROR); \
+	else \
+		echo "make: $(MODELS_MIRROR) is absent; downloading from the published URLs"; \
+		$(NIGHTJAR) models fetch; \
+	fi
+
+up:
+	$(COMPOSE) up -d
+
+down:
+	$(COMPOSE) down
+
+# Build outputs in ~/.cache/nightjar are kept: they take minutes to make again.
+clean:
+	-@[ ! -x $(NIGHTJAR) ] || $(NIGHTJAR) services down
+	rm -rf $(VENV) .nightjar/services .pytest_cache .mypy_cache .ruff_cache

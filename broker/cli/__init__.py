@@ -1,0 +1,1 @@
+"""Sub-commands of `nightjar`: one module each, with add_parser() and run()."""

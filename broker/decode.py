@@ -1,0 +1,311 @@
+"""Decode stage: raw Kafka message bytes -> `broker.records.Alert`, or BadAlert with a reason.
+
+Input: an Avro container file with its writer schema inside (ZTF), or Confluent framing
+(0x00, 4-byte schema id, schemaless Avro; Rubin) resolved by `broker.schema_registry`.
+Output: an Alert built by the survey adapter named by the record's schema (`broker.surveys`).
+The only fastavro reader of the project.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Any, cast
+
+from fastavro import parse_schema, schemaless_reader
+from fastavro.schema import fingerprint, to_parsing_canonical_form
+
+from broker.errors import BadAlert
+from broker.records import Alert, Origin, RejectReason
+from broker.schema_registry import SchemaRegistry
+from broker.settings import SchemaSettings
+from broker.surveys import SurveyAdapter, adapter_for
+
+log = logging.getLogger(__name__)
+
+CONTAINER_MAGIC = b"Obj\x01"
+SYNC_SIZE = 16
+CONFLUENT_HEADER = 5  # magic byte 0x00 + big-endian schema id
+# Distinct writer schemas kept parsed; a healthy stream has a handful.
+MAX_CACHED_SCHEMAS = 256
+# A deflate block may not inflate beyond this (a corrupt block must not exhaust memory).
+MAX_INFLATED_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSchema:
+    """A writer schema parsed once: `parsed` feeds fastavro, `plain` is its JSON data."""
+
+    key: str  # '<record name>@<fingerprint>': stable across processes
+    name: str  # full record name, e.g. 'ztf.alert', 'lsst.v7_1.alert'
+    version: str
+    plain: dict[str, Any]
+    parsed: dict[str, Any]
+    adapter: SurveyAdapter
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One data block of a container file: `count` records in raw[start:end]."""
+
+    count: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """The framing of an Avro container file, checked end to end (records not read)."""
+
+    schema_text: bytes
+    codec: bytes
+    blocks: tuple[Block, ...]
+
+    @property
+    def record_count(self) -> int:
+        return sum(block.count for block in self.blocks)
+
+
+def undecodable(detail: str) -> BadAlert:
+    return BadAlert(RejectReason.UNDECODABLE, detail)
+
+
+def read_long(data: bytes, pos: int) -> tuple[int, int]:
+    """Avro zig-zag varint at `pos` -> (value, next position)."""
+    result = shift = 0
+    while True:
+        if pos >= len(data):
+            raise undecodable(f"truncated at byte {pos} (inside a variable-length integer)")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return (result >> 1) ^ -(result & 1), pos
+        shift += 7
+        if shift > 63:
+            raise undecodable(f"variable-length integer longer than 10 bytes at byte {pos}")
+
+
+def _read_sized(data: bytes, pos: int, what: str) -> tuple[int, int]:
+    """A length-prefixed span at `pos` -> (start, end), checked against the data."""
+    size, start = read_long(data, pos)
+    if size < 0 or start + size > len(data):
+        raise undecodable(f"truncated: {what} at byte {pos} claims {size} bytes")
+    return start, start + size
+
+
+def parse_container(raw: bytes) -> Container:
+    """Check an Avro container file's framing: header, blocks, sync markers, no trailing bytes."""
+    metadata: dict[bytes, bytes] = {}
+    pos = len(CONTAINER_MAGIC)
+    while True:
+        count, pos = read_long(raw, pos)
+        if count == 0:
+            break
+        if count < 0:  # a negative count is followed by the block's size in bytes
+            count = -count
+            _, pos = read_long(raw, pos)
+        for _ in range(count):
+            start, pos = _read_sized(raw, pos, "metadata key")
+            key = raw[start:pos]
+            start, pos = _read_sized(raw, pos, "metadata value")
+            metadata[key] = raw[start:pos]
+    sync = raw[pos : pos + SYNC_SIZE]
+    pos += SYNC_SIZE
+    if len(sync) < SYNC_SIZE:
+        raise undecodable("truncated container header (no sync marker)")
+    if b"avro.schema" not in metadata:
+        raise undecodable("container header has no avro.schema")
+    blocks = []
+    while pos < len(raw):
+        count, pos = read_long(raw, pos)
+        start, end = _read_sized(raw, pos, "data block")
+        if count < 0:
+            raise undecodable(f"data block at byte {pos} has a negative record count")
+        if raw[end : end + SYNC_SIZE] != sync:
+            raise undecodable(f"sync marker missing after the data block ending at byte {end}")
+        blocks.append(Block(count, start, end))
+        pos = end + SYNC_SIZE
+    return Container(metadata[b"avro.schema"], metadata.get(b"avro.codec", b"null"), tuple(blocks))
+
+
+class Decoder:
+    """bytes -> Alert for every survey in `broker.surveys`; one instance per consumer.
+
+    Writer schemas are parsed once and cached: by their text (container files) or by their
+    Confluent id (framed messages). `decode` raises BadAlert for anything wrong with the
+    bytes, and TransientError only when the schema registry cannot be reached.
+    """
+
+    def __init__(
+        self,
+        schemas: SchemaSettings,
+        max_message_bytes: int,
+        registry: SchemaRegistry | None = None,
+    ) -> None:
+        self.max_message_bytes = max_message_bytes
+        self.registry = registry or SchemaRegistry.from_settings(schemas)
+        self._by_text: dict[bytes, WriterSchema] = {}
+        self._by_id: dict[int, WriterSchema] = {}
+        self._by_key: dict[str, WriterSchema] = {}
+
+    def decode(self, raw: bytes, origin: Origin | None = None) -> Alert:
+        """One Kafka message -> Alert; BadAlert(reason, detail) when it cannot be one."""
+        if len(raw) > self.max_message_bytes:
+            raise BadAlert(
+                RejectReason.OVERSIZED,
+                f"{len(raw)} bytes > kafka.max_message_bytes = {self.max_message_bytes}",
+            )
+        schema, records = self.read(raw, limit=1)
+        if not records:
+            raise undecodable("container holds no records; expected one alert")
+        return schema.adapter.to_alert(
+            records[0], schema_version=schema.version, schema_key=schema.key, raw=raw, origin=origin
+        )
+
+    def writer_schema(self, schema_key: str) -> dict[str, Any]:
+        """The parsed writer schema of a decoded alert (for republishing; do not mutate)."""
+        try:
+            return self._by_key[schema_key].parsed
+        except KeyError:
+            raise KeyError(f"schema {schema_key!r} was not seen by this Decoder") from None
+
+    def read(
+        self, raw: bytes, limit: int | None = None
+    ) -> tuple[WriterSchema, list[dict[str, Any]]]:
+        """All records of a message (container or framed) with their writer schema;
+        BadAlert(undecodable) for a container of more than `limit` records."""
+        if raw.startswith(CONTAINER_MAGIC):
+            container = parse_container(raw)
+            if limit is not None and container.record_count > limit:
+                raise undecodable(
+                    f"container holds {container.record_count} records; expected at most {limit}"
+                )
+            schema = self._container_schema(container.schema_text)
+            return schema, self._read_blocks(raw, container, schema)
+        schema = self._framed_schema(raw)
+        stream = io.BytesIO(raw)
+        stream.seek(CONFLUENT_HEADER)
+        record = _read_record(stream, len(raw), schema, "Confluent-framed message")
+        if stream.tell() != len(raw):
+            raise undecodable(f"{len(raw) - stream.tell()} trailing bytes after the framed record")
+        return schema, [record]
+
+    def schema_of(self, raw: bytes) -> WriterSchema:
+        """The writer schema of a message, without reading its records."""
+        if raw.startswith(CONTAINER_MAGIC):
+            return self._container_schema(parse_container(raw).schema_text)
+        return self._framed_schema(raw)
+
+    def _framed_schema(self, raw: bytes) -> WriterSchema:
+        if len(raw) <= CONFLUENT_HEADER or raw[0] != 0:
+            raise undecodable(
+                f"neither an Avro container file nor Confluent-framed Avro "
+                f"({len(raw)} bytes starting {raw[:8]!r})"
+            )
+        schema_id = int.from_bytes(raw[1:CONFLUENT_HEADER], "big")
+        schema = self._by_id.get(schema_id)
+        if schema is None:
+            schema = self._remember(self._make_schema(self.registry.get(schema_id)))
+            self._by_id[schema_id] = schema
+        return schema
+
+    def _container_schema(self, text: bytes) -> WriterSchema:
+        schema = self._by_text.get(text)
+        if schema is None:
+            try:
+                plain = json.loads(text)
+            except ValueError as exc:
+                raise undecodable(f"container header schema is not JSON: {exc}") from None
+            schema = self._remember(self._make_schema(plain))
+            _bounded_put(self._by_text, text, schema)
+        return schema
+
+    def _make_schema(self, plain: Any) -> WriterSchema:
+        if not isinstance(plain, dict) or plain.get("type") != "record":
+            raise undecodable("writer schema is not an Avro record schema")
+        name = _full_name(plain)
+        try:
+            parsed = cast(dict[str, Any], parse_schema(plain, named_schemas={}))
+            digest = fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
+        except Exception as exc:  # fastavro raises many types (SchemaParseException, KeyError...)
+            raise undecodable(f"writer schema {name!r} is not valid Avro: {exc}") from None
+        adapter = adapter_for(name)
+        if adapter is None:
+            raise BadAlert(
+                RejectReason.UNKNOWN_SCHEMA,
+                f"no survey adapter for records named {name!r} (see broker/surveys)",
+            )
+        version = adapter.schema_version(plain)
+        return WriterSchema(f"{name}@{digest[:16]}", name, version, plain, parsed, adapter)
+
+    def _remember(self, schema: WriterSchema) -> WriterSchema:
+        known = self._by_key.get(schema.key)
+        if known is not None:
+            return known
+        log.info("new writer schema %s (version %s)", schema.key, schema.version)
+        _bounded_put(self._by_key, schema.key, schema)
+        return schema
+
+    def _read_blocks(
+        self, raw: bytes, container: Container, schema: WriterSchema
+    ) -> list[dict[str, Any]]:
+        records: list[dict[str, Any]] = []
+        for block in container.blocks:
+            if container.codec == b"null":
+                # A BytesIO over the whole message shares its buffer: no copy per block.
+                stream, end = io.BytesIO(raw), block.end
+                stream.seek(block.start)
+            else:
+                data = _inflate(container.codec, raw[block.start : block.end])
+                stream, end = io.BytesIO(data), len(data)
+            where = f"container block at byte {block.start}"
+            records.extend(_read_record(stream, end, schema, where) for _ in range(block.count))
+            if stream.tell() != end:
+                raise undecodable(f"{where}: {end - stream.tell()} bytes left after its records")
+        return records
+
+
+def _read_record(stream: io.BytesIO, end: int, schema: WriterSchema, where: str) -> dict[str, Any]:
+    try:
+        record = schemaless_reader(stream, schema.parsed)
+    except Exception as exc:
+        # Corrupt bytes make fastavro raise EOFError, ValueError, IndexError, KeyError,
+        # UnicodeDecodeError, MemoryError, ...: all mean the same thing here.
+        raise undecodable(
+            f"{where}: corrupt {schema.name} record ({type(exc).__name__}: {exc})"
+        ) from None
+    if stream.tell() > end:
+        raise undecodable(f"{where}: record runs {stream.tell() - end} bytes past its block")
+    if not isinstance(record, dict):
+        raise undecodable(f"{where}: {schema.name} did not decode to a record")
+    return record
+
+
+def _inflate(codec: bytes, data: bytes) -> bytes:
+    if codec != b"deflate":
+        raise undecodable(f"unsupported Avro codec {codec.decode(errors='replace')!r}")
+    inflater = zlib.decompressobj(-15)
+    try:
+        out = inflater.decompress(data, MAX_INFLATED_BYTES)
+    except zlib.error as exc:
+        raise undecodable(f"corrupt deflate block: {exc}") from None
+    if inflater.unconsumed_tail:
+        raise undecodable(f"deflate block inflates beyond {MAX_INFLATED_BYTES} bytes")
+    return out
+
+
+def _full_name(plain: dict[str, Any]) -> str:
+    name = str(plain.get("name", ""))
+    namespace = plain.get("namespace")
+    return f"{namespace}.{name}" if namespace and "." not in name else name
+
+
+def _bounded_put(cache: dict[Any, WriterSchema], key: Any, schema: WriterSchema) -> None:
+    if len(cache) >= MAX_CACHED_SCHEMAS:
+        # Only corrupt or hostile streams get here; dropping the oldest keeps memory flat.
+        del cache[next(iter(cache))]
+    cache[key] = schema

@@ -1,0 +1,80 @@
+"""Light-curve points: the compact per-detection records kept on the object document.
+
+A detection appears first as an alert's candidate and later in other alerts' history;
+points are built with the same fields in the same order so that MongoDB's $addToSet
+deduplicates them, and `merge` joins stored points with a packet's history for scoring.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from broker.records import Alert
+
+# Fields kept per point, per survey (survey spellings, as in the packet).
+POINT_FIELDS: dict[str, tuple[str, ...]] = {
+    "ztf": (
+        "candid", "jd", "fid", "pid", "programid", "isdiffpos", "magpsf", "sigmapsf",
+        "diffmaglim", "ra", "dec", "magzpsci", "magzpsciunc", "rb", "drb", "field", "rcid",
+    ),
+    "lsst": (
+        "diaSourceId", "midpointMjdTai", "band", "filterName", "psfFlux", "psfFluxErr",
+        "ra", "dec", "snr", "reliability", "isDipole", "visit", "detector",
+    ),
+}
+# The field that orders points in time, per survey.
+TIME_FIELD = {"ztf": "jd", "lsst": "midpointMjdTai"}
+ID_FIELD = {"ztf": "candid", "lsst": "diaSourceId"}
+BAND_FIELD = {"ztf": "fid", "lsst": "band"}
+
+
+def clean_value(value: Any) -> Any:
+    """NaN and infinities become None: FerretDB (and JSON) cannot hold them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def point(survey: str, entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The compact light-curve point of one detection or upper limit."""
+    return {name: clean_value(entry.get(name)) for name in POINT_FIELDS[survey]}
+
+
+def alert_points(alert: Alert) -> list[dict[str, Any]]:
+    """Points contributed by an alert: its own candidate and its packet history."""
+    entries: Iterable[Mapping[str, Any]] = (*alert.history, alert.candidate)
+    return [point(alert.survey, entry) for entry in entries]
+
+
+def point_key(survey: str, entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Identity of a point: its detection id, else (time, band) for upper limits."""
+    ident = entry.get(ID_FIELD[survey])
+    if ident is not None:
+        return ("id", ident)
+    return ("t", entry.get(TIME_FIELD[survey]), entry.get(BAND_FIELD[survey]))
+
+
+def merge(
+    survey: str,
+    packet_history: Sequence[Mapping[str, Any]],
+    stored: Sequence[Mapping[str, Any]],
+    exclude_id: Any = None,
+) -> tuple[Mapping[str, Any], ...]:
+    """Packet history plus earlier stored points, deduplicated, oldest first.
+
+    Packet entries win over stored points of the same detection (they carry every
+    field). `exclude_id` drops the alert's own detection so history stays "before".
+    """
+    merged: dict[tuple[Any, ...], Mapping[str, Any]] = {}
+    for entry in (*stored, *packet_history):
+        merged[point_key(survey, entry)] = entry
+    if exclude_id is not None:
+        merged.pop(("id", exclude_id), None)
+    time_field = TIME_FIELD[survey]
+    return tuple(sorted(merged.values(), key=lambda e: _time(e.get(time_field))))
+
+
+def _time(value: Any) -> float:
+    return float(value) if isinstance(value, int | float) and value == value else math.inf

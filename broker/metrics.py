@@ -1,0 +1,70 @@
+"""Every Prometheus metric of the broker process, defined once.
+
+Names follow nightjar_<stage>_<noun>_total{status, reason} and nightjar_<stage>_seconds.
+`serve()` exposes them on /metrics; workers keep their own registry in workers/.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+CONSUMED = Counter("nightjar_consume_messages_total", "Messages read from Kafka", ["topic"])
+REJECTED = Counter(
+    "nightjar_reject_alerts_total", "Alerts dead-lettered, by reason", ["survey", "reason"]
+)
+STORED = Counter("nightjar_store_alerts_total", "Alerts upserted into MongoDB", ["survey"])
+PUBLISHED = Counter(
+    "nightjar_publish_messages_total", "Messages delivered to output topics", ["topic"]
+)
+ANNOTATIONS = Counter(
+    "nightjar_annotate_scores_total", "Model scores attached to alerts", ["model"]
+)
+MODEL_SKIPS = Counter(
+    "nightjar_annotate_skips_total", "Alerts a model gave no score for", ["model", "reason"]
+)
+STAGE_SECONDS = Histogram(
+    "nightjar_stage_seconds", "Wall time of one batch in a stage", ["stage"], buckets=_BUCKETS
+)
+BATCH_SIZE = Histogram(
+    "nightjar_batch_alerts", "Messages per batch", buckets=(1, 10, 50, 100, 250, 500, 1000, 5000)
+)
+IN_FLIGHT = Gauge("nightjar_dispatch_in_flight_batches", "Batches submitted to Dask, not finished")
+CONSUMER_LAG = Gauge(
+    "nightjar_consume_lag_messages", "Consumer lag per partition", ["topic", "partition"]
+)
+COMMITTED = Counter(
+    "nightjar_consume_commits_total", "Offset commits after store and publish", ["status"]
+)
+PAUSED = Gauge("nightjar_consume_paused", "1 while partitions are paused for back-pressure")
+
+
+def serve(host: str, port: int) -> None:
+    """Start the /metrics HTTP endpoint in a daemon thread."""
+    start_http_server(port, addr=host)
+    log.info("metrics on http://%s:%d/metrics", host, port)
+
+
+# Filters and the SkyPortal poster (broker/filters.py, broker/outbox.py, broker/post.py).
+FILTER_MATCHES = Counter("nightjar_filter_matches_total", "Alerts that passed a filter", ["filter"])
+FILTER_ERRORS = Counter(
+    "nightjar_filter_errors_total", "Filter queries that failed on a batch", ["filter"]
+)
+POST_REQUESTS = Counter(
+    "nightjar_post_requests_total",
+    "SkyPortal API calls, by call and HTTP status (or timeout / connection)",
+    ["call", "status"],
+)
+POST_JOBS = Counter(
+    "nightjar_post_jobs_total", "Outbox jobs handled, by outcome (done, retry, failed)", ["status"]
+)
+POST_QUEUE = Gauge("nightjar_post_queue_jobs", "Outbox jobs waiting to be posted")
+POST_OLDEST = Gauge(
+    "nightjar_post_oldest_pending_seconds", "Age of the oldest outbox job waiting to be posted"
+)
+POST_SECONDS = Histogram("nightjar_post_seconds", "Wall time to post one job", buckets=_BUCKETS)

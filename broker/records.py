@@ -1,0 +1,143 @@
+"""Typed records that cross module boundaries.
+
+Alerts come out of `decode`, go through `dispatch` to the workers as `ScoringInput`,
+come back as `AlertResult`, and are stored/published together. Survey field names
+(`objectId`, `candid`, `diaSourceId`) live only inside `candidate`/`history`/`packet`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Survey = Literal["ztf", "lsst"]
+
+
+class RejectReason:
+    """Stable reason codes for rejected alerts (metric label, dead-letter header)."""
+
+    UNDECODABLE = "undecodable"  # not Avro, truncated, corrupt
+    UNKNOWN_SCHEMA = "unknown_schema"  # LSST schema id not in the registry
+    OVERSIZED = "oversized"  # larger than kafka.max_message_bytes
+    MISSING_FIELD = "missing_field"  # no objectId / candid / position
+    MISSING_CUTOUTS = "missing_cutouts"
+    JPEG_CUTOUTS = "jpeg_cutouts"  # schema 1.x stamps, not scoreable
+    BAD_CUTOUTS = "bad_cutouts"  # unreadable FITS, or all-NaN / zero-norm stamp
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a message was read: topic[partition]@offset."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+@dataclass(frozen=True, slots=True)
+class Cutouts:
+    """The three image stamps as they arrived (gzip FITS for ZTF, FITS for LSST)."""
+
+    science: bytes
+    template: bytes
+    difference: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """One decoded alert packet, survey-independent at the top level.
+
+    `candidate` is the triggering detection (ZTF `candidate`, LSST `diaSource`) with
+    survey field names; `history` the packet's earlier detections and limits
+    (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`), oldest first.
+    `packet` is the whole decoded record without cutouts, for storage and republishing;
+    `schema_key` names the writer schema in `broker.decode` (see `writer_schema`).
+    """
+
+    survey: Survey
+    candid: int
+    object_id: str
+    ra: float
+    dec: float
+    jd: float
+    candidate: Mapping[str, Any]
+    history: tuple[Mapping[str, Any], ...]
+    cutouts: Cutouts
+    schema_version: str
+    schema_key: str
+    packet: Mapping[str, Any]
+    raw: bytes
+    origin: Origin | None = None
+
+    @property
+    def key(self) -> str:
+        """The alert's unique id across surveys (MongoDB `_id`)."""
+        return f"{self.survey}:{self.candid}"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A message that will not be stored: goes to the dead-letter topic and `rejected`."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    origin: Origin | None = None
+    survey: str | None = None
+    candid: int | None = None
+    object_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScoringInput:
+    """What a worker needs to annotate one alert; no Kafka, no MongoDB, no raw packet.
+
+    `history` merges the packet's history with earlier stored detections of the object
+    (survey field names, sorted by time, deduplicated).
+    """
+
+    survey: Survey
+    candid: int
+    object_id: str
+    ra: float
+    dec: float
+    jd: float
+    candidate: Mapping[str, Any]
+    history: tuple[Mapping[str, Any], ...]
+    cutouts: Cutouts
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """One model's verdict on one alert."""
+
+    model: str
+    version: str
+    score: float
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSkip:
+    """A model that produced no score for an alert, and why (failure or not applicable)."""
+
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertResult:
+    """A worker's output for one alert: annotations, or a rejection reason.
+
+    `rejected` is set when the alert itself is unusable (e.g. unreadable or all-NaN
+    stamps); the pipeline then dead-letters it instead of storing it.
+    """
+
+    candid: int
+    annotations: tuple[Annotation, ...] = ()
+    skipped: tuple[ModelSkip, ...] = ()
+    rejected: tuple[str, str] | None = None  # (reason code, detail)

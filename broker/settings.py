@@ -1,0 +1,339 @@
+"""The one settings model: YAML file, then NIGHTJAR_<SECTION>__<KEY> environment overrides.
+
+Validated once at start-up (`load_settings`); a bad value raises ConfigError naming the
+field. Secrets (`SecretStr`) come from the environment or from `*_file` paths and are
+masked wherever settings are shown.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from broker.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "nightjar.yaml"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaSettings(Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "nightjar"
+    # Names, or regular expressions starting with '^' (new matching topics are picked
+    # up without a restart, e.g. '^ztf_\d{8}_programid1$').
+    topics: list[str] = Field(default_factory=lambda: [r"^ztf_\d{8}_programid\d+$"])
+    # Output topic per survey; {survey} is replaced ('nightjar.ztf.annotated').
+    output_topic: str = "nightjar.{survey}.annotated"
+    dead_letter_topic: str = "nightjar.deadletter"
+    max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    security_protocol: str | None = None
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    sasl_password_file: Path | None = None
+    # Passed verbatim to librdkafka (consumer and producer), e.g. {"fetch.max.bytes": ...}.
+    extra: dict[str, str | int | float | bool] = Field(default_factory=dict)
+
+    @field_validator("topics")
+    @classmethod
+    def _valid_topics(cls, topics: list[str]) -> list[str]:
+        if not topics:
+            raise ValueError("at least one topic name or ^pattern is required")
+        for topic in topics:
+            if topic.startswith("^"):
+                try:
+                    re.compile(topic)
+                except re.error as exc:
+                    raise ValueError(f"{topic!r} is not a valid regular expression: {exc}") from exc
+        return topics
+
+    @field_validator("output_topic")
+    @classmethod
+    def _valid_output(cls, template: str) -> str:
+        try:
+            template.format(survey="ztf")
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"only {{survey}} may be used in the template: {exc}") from exc
+        return template
+
+    def output_topic_for(self, survey: str) -> str:
+        return self.output_topic.format(survey=survey)
+
+
+class MongoSettings(Section):
+    uri: SecretStr = SecretStr("mongodb://127.0.0.1:27017")
+    uri_file: Path | None = None
+    database: str = "nightjar"
+    timeout_ms: int = Field(default=10_000, gt=0)
+
+
+class SchemaSettings(Section):
+    # Rubin schemas: a Confluent-compatible registry URL (preferred when set), else files.
+    lsst_registry_url: str | None = None
+    lsst_schema_dir: Path | None = None
+
+
+class DispatchSettings(Section):
+    batch_size: int = Field(default=500, gt=0, le=100_000)
+    batch_seconds: float = Field(default=0.5, gt=0)
+    max_in_flight: int = Field(default=4, gt=0)
+    # None: start a LocalCluster in-process; else "tcp://host:8786".
+    scheduler_address: str | None = None
+    local_workers: int = Field(default=1, gt=0)
+    local_threads_per_worker: int = Field(default=2, gt=0)
+    local_processes: bool = True
+
+
+class ModelSettings(Section):
+    # Where `nightjar models fetch` installs converted ONNX models.
+    dir: Path = Path(".nightjar/models")
+    registry: Path = Path(__file__).resolve().parent.parent / "config" / "models.yaml"
+    # Model names to run; empty means every installed model of the registry.
+    enabled: list[str] = Field(default_factory=list)
+    provider: Literal["auto", "cpu", "cuda"] = "auto"
+    intra_op_threads: int = Field(default=1, gt=0)
+    # BTSbot's `new_drb`: "braai" (d6_m9 on this triplet, the training semantics) or
+    # "packet" (the alert's own drb, as Kowalski feeds it in production).
+    btsbot_drb: Literal["braai", "packet"] = "braai"
+
+
+class MetricsSettings(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(default=9108, ge=0, le=65535)
+
+
+class LoggingSettings(Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+
+class FilterDefinition(Section):
+    # Lower-case name: it becomes the outbox key, the annotation origin and the topic name.
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
+    # MongoDB query language over the stored alert document (broker.filters lists the operators).
+    query: dict[str, Any]
+    # The SkyPortal filter and groups the candidates are posted to.
+    fritz_filter_id: int = Field(gt=0)
+    group_ids: list[int] = Field(default_factory=list)
+    enabled: bool = True
+
+    @model_validator(mode="after")
+    def _valid_query(self) -> FilterDefinition:
+        from broker.filters import check_query  # broker.filters imports settings only for types
+
+        try:
+            check_query(self.query)
+        except ValueError as exc:
+            raise ValueError(f"filter {self.name!r}: {exc}") from exc
+        return self
+
+
+class FilterSettings(Section):
+    # Alerts passing a filter are also produced to this topic; {filter} is the filter's name.
+    topic_template: str = "nightjar.filter.{filter}"
+    definitions: list[FilterDefinition] = Field(default_factory=list)
+
+    @field_validator("topic_template")
+    @classmethod
+    def _valid_template(cls, template: str) -> str:
+        try:
+            template.format(filter="bts")
+        except (KeyError, IndexError) as exc:
+            raise ValueError(f"only {{filter}} may be used in the template: {exc}") from exc
+        return template
+
+    @field_validator("definitions")
+    @classmethod
+    def _unique_names(cls, definitions: list[FilterDefinition]) -> list[FilterDefinition]:
+        names = [definition.name for definition in definitions]
+        duplicated = sorted({name for name in names if names.count(name) > 1})
+        if duplicated:
+            raise ValueError(f"filter names must be unique; repeated: {', '.join(duplicated)}")
+        return definitions
+
+    def topic_for(self, name: str) -> str:
+        return self.topic_template.format(filter=name)
+
+
+class FritzServerSettings(Section):
+    """The SkyPortal-compatible service of `nightjar fritz serve`."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5000, ge=0, le=65535)
+    database: str = "fritz"
+    # Accepted API tokens: NIGHTJAR_FRITZ__SERVER__TOKENS='["..."]' or a file, one per line.
+    tokens: list[SecretStr] = Field(default_factory=list)
+    tokens_file: Path | None = None
+    groups: dict[int, str] = Field(default_factory=lambda: {1: "Nightjar"})
+    streams: dict[int, str] = Field(default_factory=lambda: {1: "ZTF Public", 2: "LSST Public"})
+    # Test-only: POST /_test/faults makes the API answer errors or stall (never in production).
+    faults_enabled: bool = False
+
+
+class FritzSettings(Section):
+    """Where and how `nightjar post` sends filter matches (a SkyPortal/Fritz instance)."""
+
+    url: str = "http://127.0.0.1:5000"
+    # Secret: NIGHTJAR_FRITZ__TOKEN in the environment, or fritz.token_file.
+    token: SecretStr | None = None
+    token_file: Path | None = None
+    # SkyPortal instrument id per survey, and streams the photometry is shared with.
+    instrument_ids: dict[str, int] = Field(default_factory=lambda: {"ztf": 1, "lsst": 2})
+    stream_ids: list[int] = Field(default_factory=list)
+    origin: str = "Nightjar"
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # A claimed job is held this long; a crashed sender's jobs are picked up after it.
+    lease_seconds: float = Field(default=120.0, gt=0)
+    backoff_seconds: float = Field(default=2.0, gt=0)
+    backoff_max_seconds: float = Field(default=300.0, gt=0)
+    poll_seconds: float = Field(default=1.0, gt=0)
+    server: FritzServerSettings = FritzServerSettings()
+
+    @field_validator("url")
+    @classmethod
+    def _valid_url(cls, url: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return url.rstrip("/")
+
+    @model_validator(mode="after")
+    def _lease_covers_calls(self) -> FritzSettings:
+        # A sender starts a step (up to 3 calls) only while its lease outlasts it with a
+        # call to spare (broker.post), so a fresh lease must cover that with room left.
+        if self.lease_seconds < 8 * self.timeout_seconds:
+            raise ValueError(
+                f"lease_seconds ({self.lease_seconds}) must be at least 8 x timeout_seconds "
+                f"({self.timeout_seconds})"
+            )
+        return self
+
+    def api_token(self) -> str | None:
+        """The poster's token (file first), or None when neither is set."""
+        return _secret_from(self.token, self.token_file)
+
+    def server_tokens(self) -> list[str]:
+        """Tokens the Fritz-like service accepts: the configured list plus the file's lines."""
+        tokens = [token.get_secret_value() for token in self.server.tokens]
+        if self.server.tokens_file is not None:
+            lines = self.server.tokens_file.read_text().splitlines()
+            tokens.extend(line.strip() for line in lines if line.strip())
+        return tokens
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="NIGHTJAR_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    kafka: KafkaSettings = KafkaSettings()
+    mongo: MongoSettings = MongoSettings()
+    schemas: SchemaSettings = SchemaSettings()
+    dispatch: DispatchSettings = DispatchSettings()
+    models: ModelSettings = ModelSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    logging: LoggingSettings = LoggingSettings()
+    fritz: FritzSettings = FritzSettings()
+    filters: FilterSettings = FilterSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init holds the YAML file's content; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def mongo_uri(self) -> str:
+        return _secret_from(self.mongo.uri, self.mongo.uri_file) or ""
+
+    def kafka_password(self) -> str | None:
+        return _secret_from(self.kafka.sasl_password, self.kafka.sasl_password_file)
+
+
+def _secret_from(value: SecretStr | None, path: Path | None) -> str | None:
+    if path is not None:
+        return path.read_text().strip()
+    return value.get_secret_value() if value is not None else None
+
+
+def load_settings(path: Path | None = None) -> Settings:
+    """Read and validate the configuration; raise ConfigError naming the bad field."""
+    path = path or _default_path()
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must hold a mapping of sections")
+        data = loaded
+    try:
+        settings = Settings(**data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, path)) from exc
+    for name, secret_file in (
+        ("mongo.uri_file", settings.mongo.uri_file),
+        ("kafka.sasl_password_file", settings.kafka.sasl_password_file),
+    ):
+        if secret_file is not None and not secret_file.is_file():
+            raise ConfigError(f"{name}: {secret_file} does not exist")
+    return settings
+
+
+def _default_path() -> Path | None:
+    env = os.environ.get("NIGHTJAR_CONFIG")
+    if env:
+        return Path(env)
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.is_file() else None
+
+
+def _describe(exc: ValidationError, path: Path | None) -> str:
+    where = f" (file {path}, or NIGHTJAR_<SECTION>__<KEY> in the environment)" if path else ""
+    lines = [f"invalid configuration{where}:"]
+    for err in exc.errors():
+        field_name = ".".join(str(part) for part in err["loc"])
+        lines.append(f"  {field_name}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def masked(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data with secrets and URI passwords masked (for logs and `config show`)."""
+    data = settings.model_dump(mode="json")
+    data["mongo"]["uri"] = _mask_uri(settings.mongo_uri())
+    for section in data.values():
+        for key, value in section.items():
+            if value == "**********":
+                section[key] = "***"
+    return data
+
+
+def _mask_uri(uri: str) -> str:
+    return re.sub(r"(//[^:/@]+:)[^@]+@", r"\1***@", uri)

@@ -1,0 +1,77 @@
+"""ZTF adapter: a decoded ZTF alert packet (schema 1.x-4.02, namespace `ztf`) -> Alert.
+
+Schema 2.0+ packets carry objectId, gzip-FITS stamps and `schemavsn`; 1.x packets have no
+objectId and JPEG stamps, and are rejected (missing_field). History is `prv_candidates`
+(detections and upper limits), oldest first; `fp_hists` stays in the packet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from broker.errors import BadAlert
+from broker.records import Alert, Origin, RejectReason
+from broker.surveys import cutouts, required_id, required_number, sorted_by
+
+RECORD_NAME = "ztf.alert"
+
+
+def matches(record_name: str) -> bool:
+    return record_name == RECORD_NAME
+
+
+def schema_version(schema: Mapping[str, Any]) -> str:
+    # Every ZTF schema since 1.1 has a top-level "version"; the first samples had none.
+    return str(schema.get("version") or "1.0")
+
+
+def to_alert(
+    packet: dict[str, Any],
+    *,
+    schema_version: str,
+    schema_key: str,
+    raw: bytes,
+    origin: Origin | None,
+) -> Alert:
+    version = str(packet.get("schemavsn") or schema_version)
+    object_id = packet.get("objectId")
+    if not isinstance(object_id, str) or not object_id:
+        hint = " (ZTF schema 1.x alerts have none)" if version.startswith("1.") else ""
+        raise BadAlert(
+            RejectReason.MISSING_FIELD, f"no objectId in ZTF schema {version} packet{hint}"
+        )
+    candidate = packet.get("candidate")
+    if not isinstance(candidate, dict):
+        raise BadAlert(RejectReason.MISSING_FIELD, f"{object_id}: no candidate record")
+    candid = required_id(packet.get("candid", candidate.get("candid")), f"{object_id}: candid")
+    where = f"{object_id} candid {candid}: candidate"
+    ra = required_number(candidate, "ra", where)
+    dec = required_number(candidate, "dec", where)
+    jd = required_number(candidate, "jd", where)
+    stamps = cutouts(
+        _stamp(packet.get("cutoutScience")),
+        _stamp(packet.get("cutoutTemplate")),
+        _stamp(packet.get("cutoutDifference")),
+    )
+    return Alert(
+        survey="ztf",
+        candid=candid,
+        object_id=object_id,
+        ra=ra,
+        dec=dec,
+        jd=jd,
+        candidate=candidate,
+        history=sorted_by(packet.get("prv_candidates") or [], "jd"),
+        cutouts=stamps,
+        schema_version=version,
+        schema_key=schema_key,
+        packet=packet,
+        raw=raw,
+        origin=origin,
+    )
+
+
+def _stamp(cutout: Any) -> Any:
+    """stampData of a ZTF cutout record (None when the cutout is absent)."""
+    return cutout.get("stampData") if isinstance(cutout, dict) else None

@@ -1,0 +1,345 @@
+"""Filter matches reach the Fritz-like service exactly once, whatever goes wrong in between.
+
+Real FerretDB/MongoDB and the real service (with its test-only fault injection); real ZTF
+alerts from ../shared. Each scenario checks the service's write log and state: one candidate
+per (alert, filter), one photometry PUT, three thumbnails and one annotation per job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fastavro
+import pytest
+import requests
+from pymongo import MongoClient
+from pymongo.database import Database
+
+from broker.errors import ConfigError
+from broker.filters import FilterStage
+from broker.fritzapi.server import FritzServer
+from broker.outbox import Outbox
+from broker.post import Sender, SkyPortalClient, candidate_payload
+from broker.settings import Settings
+from tests.helpers import poll_until
+
+TOKEN = "post-test-token"
+ALERTS = 6  # the first six of night-20200202: five pass the filter, two share an object
+NOT_PASSING = 1105522281015015000
+EXTRA_JD = 2458870.5  # a stored light-curve point that is in no packet
+
+
+@pytest.fixture(autouse=True)
+def _own_fritz_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exports of `nightjar services up` (NIGHTJAR_FRITZ__URL, ...) must not steer these tests."""
+    for name in list(os.environ):
+        if name.startswith(("NIGHTJAR_FRITZ__", "NIGHTJAR_FILTERS__")):
+            monkeypatch.delenv(name)
+
+
+def alert_doc(record: dict[str, Any], btsbot: float) -> dict[str, Any]:
+    """The stored alert document as the pipeline's store stage writes it."""
+    candidate = record["candidate"]
+    return {
+        "_id": f"ztf:{record['candid']}",
+        "survey": "ztf",
+        "candid": record["candid"],
+        "objectId": record["objectId"],
+        "ra": candidate["ra"],
+        "dec": candidate["dec"],
+        "jd": candidate["jd"],
+        "schema_version": record["schemavsn"],
+        "candidate": candidate,
+        "prv_candidates": record["prv_candidates"] or [],
+        "cutouts": {
+            kind: record[f"cutout{kind.capitalize()}"]["stampData"]
+            for kind in ("science", "template", "difference")
+        },
+        "annotations": {
+            "btsbot": {"score": btsbot, "version": "v1.0.1"},
+            "braai": {"score": candidate["drb"], "version": "d6_m9"},
+        },
+    }
+
+
+@pytest.fixture
+def alert_ids(shared_dir: Path, mongo_db: Database[dict[str, Any]]) -> list[str]:
+    paths = sorted((shared_dir / "ztf" / "alerts" / "night-20200202").glob("*.avro"))[:ALERTS]
+    docs = []
+    for path in paths:
+        with path.open("rb") as handle:
+            record: Any = next(iter(fastavro.reader(handle)))
+        docs.append(alert_doc(record, 0.2 if record["candid"] == NOT_PASSING else 0.9))
+    mongo_db["alerts"].insert_many(docs)
+    extra = {"jd": EXTRA_JD, "fid": 1, "magpsf": None, "diffmaglim": 20.1, "candid": None}
+    mongo_db["objects"].insert_one({"_id": "ztf:ZTF20aajcdad", "lightcurve": [extra]})
+    return [doc["_id"] for doc in docs]
+
+
+@pytest.fixture
+def fritz_db(
+    mongo_client: MongoClient[dict[str, object]], mongo_db: Database[dict[str, Any]]
+) -> Iterator[Database[dict[str, Any]]]:
+    database = mongo_client[f"{mongo_db.name}_fritz"]
+    yield database
+    mongo_client.drop_database(database.name)
+
+
+@dataclass
+class Stack:
+    """The service, the broker database and the settings a sender needs."""
+
+    mongo_uri: str
+    db: Database[dict[str, Any]]
+    fritz_db: Database[dict[str, Any]]
+    port: int = 0
+    server: FritzServer | None = None
+    senders: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
+
+    def settings(self, token: str = TOKEN) -> Settings:
+        server = {"port": self.port, "database": self.fritz_db.name, "tokens": [TOKEN],
+                  "faults_enabled": True}  # fmt: skip
+        fritz = {"url": f"http://127.0.0.1:{self.port}", "token": token, "timeout_seconds": 0.5,
+                 "lease_seconds": 4.0, "backoff_seconds": 0.05, "backoff_max_seconds": 0.2,
+                 "poll_seconds": 0.05, "server": server}  # fmt: skip
+        bts = {"name": "bts", "fritz_filter_id": 1, "group_ids": [1],
+               "query": {"annotations.btsbot.score": {"$gte": 0.5}}}  # fmt: skip
+        return Settings.model_validate(
+            {
+                "mongo": {"uri": self.mongo_uri, "database": self.db.name},
+                "fritz": fritz,
+                "filters": {"definitions": [bts]},
+            }
+        )
+
+    def start_server(self) -> None:
+        self.server = FritzServer(self.settings(), host="127.0.0.1", port=self.port).start()
+        self.port = int(self.server.url.rsplit(":", 1)[1])
+
+    def stop_server(self) -> None:
+        assert self.server is not None
+        self.server.stop()
+        self.server = None
+
+    def faults(self, **plan: Any) -> None:
+        response = requests.post(
+            f"http://127.0.0.1:{self.port}/_test/faults",
+            json=plan,
+            headers={"Authorization": f"token {TOKEN}"},
+            timeout=5,
+        )
+        response.raise_for_status()
+
+    def filter_batch(self, alert_ids: list[str]) -> int:
+        return len(FilterStage.from_settings(self.settings(), self.db).run(alert_ids))
+
+    def start_sender(self, token: str = TOKEN) -> threading.Event:
+        stop = threading.Event()
+        sender = Sender.from_settings(self.settings(token))
+        thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+        thread.start()
+        self.senders.append((thread, stop))
+        return stop
+
+    def stop_senders(self) -> None:
+        for thread, stop in self.senders:
+            stop.set()
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "sender did not stop"
+        self.senders.clear()
+
+    def counts(self) -> dict[str, int]:
+        return Outbox(self.db).counts()
+
+    def wait_all(self, status: str, jobs: int, timeout: float = 60) -> None:
+        poll_until(
+            lambda: self.counts().get(status, 0) == jobs,
+            timeout=timeout,
+            message=f"{jobs} outbox jobs {status}",
+        )
+
+    def writes(self) -> list[dict[str, Any]]:
+        return list(self.fritz_db["api_log"].find())
+
+
+@pytest.fixture
+def stack(
+    mongo_uri: str, mongo_db: Database[dict[str, Any]], fritz_db: Database[dict[str, Any]]
+) -> Iterator[Stack]:
+    stack = Stack(mongo_uri, mongo_db, fritz_db)
+    stack.start_server()
+    yield stack
+    stack.stop_senders()
+    if stack.server is not None:
+        stack.stop_server()
+
+
+def assert_landed_once(stack: Stack, *, annotation_puts_allowed: int = 0) -> None:
+    jobs = list(stack.db["outbox"].find())
+    assert jobs and all(job["status"] == "done" for job in jobs), [j["last_error"] for j in jobs]
+    writes = stack.writes()
+
+    def count(method: str, path: str) -> Counter[Any]:
+        return Counter(w.get("key") for w in writes if w["method"] == method and path in w["path"])
+
+    assert count("POST", "/api/candidates") == Counter({job["candid"]: 1 for job in jobs})
+    assert sum(count("PUT", "/api/photometry").values()) == len(jobs)
+    assert count("POST", "/api/thumbnail") == Counter(
+        {"new": len(jobs), "ref": len(jobs), "sub": len(jobs)}
+    )
+    by_object = Counter(job["object_id"] for job in jobs)
+    posts = [w["obj_id"] for w in writes if w["method"] == "POST" and "/annotations" in w["path"]]
+    assert Counter(posts) == Counter(dict.fromkeys(by_object, 1)), "one annotation per origin"
+    puts = [w for w in writes if w["method"] == "PUT" and "/annotations" in w["path"]]
+    assert len(puts) - (len(jobs) - len(by_object)) <= annotation_puts_allowed
+    for job in jobs:
+        assert len(Outbox(stack.db).steps_done(job["_id"])) == 6
+        assert_object_state(stack, job["object_id"], job["candid"])
+
+
+def assert_object_state(stack: Stack, object_id: str, candid: int) -> None:
+    headers = {"Authorization": f"token {TOKEN}"}
+    url = f"http://127.0.0.1:{stack.port}/api/candidates/{object_id}?includePhotometry=true"
+    data = requests.get(url, headers=headers, timeout=10).json()["data"]
+    assert (1, candid) in {(p["filter_id"], p["passing_alert_id"]) for p in data["passing_alerts"]}
+    assert sorted(t["type"] for t in data["thumbnails"]) == ["new", "ref", "sub"]
+    (annotation,) = data["annotations"]
+    assert annotation["origin"] == "nightjar:bts" and annotation["data"]["btsbot"] == 0.9
+    mjds = [p["mjd"] for p in data["photometry"]]
+    assert len(mjds) == len(set(mjds)) > 1
+    if object_id == "ZTF20aajcdad":
+        assert EXTRA_JD - 2400000.5 in mjds, "the stored light curve is posted too"
+
+
+def test_matches_are_posted_once_and_batches_replay_safely(
+    stack: Stack, alert_ids: list[str]
+) -> None:
+    assert stack.filter_batch(alert_ids) == ALERTS - 1
+    assert stack.filter_batch(alert_ids) == ALERTS - 1  # a replayed batch: same matches
+    assert stack.counts() == {"pending": ALERTS - 1}  # ... and no second job
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_server_errors_are_retried(stack: Stack, alert_ids: list[str]) -> None:
+    stack.filter_batch(alert_ids)
+    stack.faults(mode="error", status=500, count=7)
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+    assert sum(job["failures"] for job in stack.db["outbox"].find()) >= 7
+
+
+def test_stalled_requests_time_out_and_still_land_once(stack: Stack, alert_ids: list[str]) -> None:
+    # The service answers after the sender gave up (0.5 s) but still stores the post: the
+    # retry must find it (HEAD/GET) rather than post it again.
+    stack.filter_batch(alert_ids)
+    stack.faults(
+        mode="stall", seconds=1.0, count=2, methods=["POST"], path_prefix="/api/candidates"
+    )
+    stack.start_sender()
+    poll_until(lambda: stack.counts().get("done", 0) >= 2, timeout=60, message="two jobs done")
+    stack.faults(mode="stall", seconds=1.0, count=1, methods=["POST"], path_prefix="/api/sources")
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack, annotation_puts_allowed=1)
+    assert sum(job["failures"] for job in stack.db["outbox"].find()) == 3  # the three stalls
+    results = [step["result"] for step in stack.db["outbox_steps"].find({"step": "candidate"})]
+    assert sum(result == {"already_posted": True} for result in results) == 2
+
+
+def test_service_stopped_and_restarted(stack: Stack, alert_ids: list[str]) -> None:
+    stack.filter_batch(alert_ids)
+    stack.start_sender()
+    poll_until(lambda: len(stack.writes()) >= 8, timeout=30, message="some posts landed")
+    stack.stop_server()
+    poll_until(
+        lambda: any("cannot connect" in (j["last_error"] or "") for j in stack.db["outbox"].find()),
+        timeout=30,
+        message="the sender noticed the service is down",
+    )
+    stack.start_server()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_sender_restarted_mid_queue(stack: Stack, alert_ids: list[str]) -> None:
+    stack.filter_batch(alert_ids)
+    stack.start_sender()
+    poll_until(lambda: len(stack.writes()) >= 9, timeout=30, message="some posts landed")
+    stack.stop_senders()
+    assert stack.counts().get("pending", 0) >= 1, "stopped with work left"
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_two_senders_share_the_queue(stack: Stack, alert_ids: list[str]) -> None:
+    # FerretDB's findAndModify is not atomic: both senders often "claim" the same job; the
+    # claim tokens must let only one of them post it.
+    stack.filter_batch(alert_ids)
+    stack.start_sender()
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_crashed_sender_job_is_resumed_after_its_lease(stack: Stack, alert_ids: list[str]) -> None:
+    first, rest = alert_ids[1:2], alert_ids[2:]
+    stack.filter_batch(first)
+    outbox = Outbox(stack.db)
+    crashed = outbox.claim("crashed-sender", lease_seconds=2.0)
+    assert crashed is not None
+    # It made the candidate call, then died before recording it.
+    alert = stack.db["alerts"].find_one({"_id": crashed.job["alert_id"]})
+    assert alert is not None
+    client = SkyPortalClient(f"http://127.0.0.1:{stack.port}", TOKEN, 5.0)
+    client.call(
+        "candidates", "POST", "/api/candidates", payload=candidate_payload(crashed.job, alert, "x")
+    )
+    client.close()
+    stack.filter_batch(rest)
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+    resumed = stack.db["outbox"].find_one({"_id": crashed.job_id})
+    assert resumed is not None and resumed["attempts"] >= 2
+    step = stack.db["outbox_steps"].find_one({"_id": f"{crashed.job_id}|candidate"})
+    assert step is not None and step["result"] == {"already_posted": True}
+
+
+@pytest.mark.parametrize(("token", "status"), [("wrong-token", 403), ("two words", 401)])
+def test_bad_token_keeps_jobs_and_says_so_once(
+    stack: Stack, alert_ids: list[str], caplog: pytest.LogCaptureFixture, token: str, status: int
+) -> None:
+    stack.filter_batch(alert_ids)
+    with caplog.at_level(logging.INFO, logger="broker.post"):
+        stack.start_sender(token=token)
+        stack.wait_all("failed", ALERTS - 1)
+        stack.stop_senders()
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "fritz.token" in errors[0].getMessage() and f"HTTP {status}" in errors[0].getMessage()
+    assert "--retry-failed" in errors[0].getMessage()
+    assert stack.writes() == []
+    assert all(f"HTTP {status}" in j["last_error"] for j in stack.db["outbox"].find())
+    assert Outbox(stack.db).retry_failed() == ALERTS - 1
+    stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_sender_refuses_to_start_without_a_token(stack: Stack) -> None:
+    settings = stack.settings()
+    no_token = settings.model_copy(
+        update={"fritz": settings.fritz.model_copy(update={"token": None})}
+    )
+    with pytest.raises(ConfigError, match="NIGHTJAR_FRITZ__TOKEN"):
+        Sender.from_settings(no_token)

@@ -1,0 +1,70 @@
+"""Dask glue: load the models once per worker process, and the task that scores a batch.
+
+Input: `ModelSettings` (shipped to workers with the plugin) and batches of `ScoringInput`.
+Output: `AlertResult` lists. Without the plugin (in-process calls, tests) an Annotator is
+built lazily from the default settings, once per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import distributed
+
+from broker.records import AlertResult, ScoringInput
+from broker.settings import ModelSettings, load_settings
+from workers.annotate import Annotator
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "nightjar-annotator"
+# The worker attribute that holds the process's Annotator.
+WORKER_ATTRIBUTE = "nightjar_annotator"
+
+_fallback: Annotator | None = None
+_fallback_lock = threading.Lock()
+
+
+class AnnotatorPlugin(distributed.WorkerPlugin):
+    """Registered by the dispatcher: `client.register_plugin(AnnotatorPlugin(settings.models))`."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, models: ModelSettings) -> None:
+        self.models = models
+
+    def setup(self, worker: distributed.Worker) -> None:
+        annotator = Annotator.from_settings(self.models)
+        setattr(worker, WORKER_ATTRIBUTE, annotator)
+        log.info("worker %s loaded models: %s", worker.address, annotator.describe()["models"])
+
+    def teardown(self, worker: distributed.Worker) -> None:
+        if hasattr(worker, WORKER_ATTRIBUTE):
+            delattr(worker, WORKER_ATTRIBUTE)
+
+
+def annotate_batch(batch: list[ScoringInput]) -> list[AlertResult]:
+    """The Dask task: annotate one batch with this worker's (or this process's) Annotator."""
+    return current_annotator().annotate(batch)
+
+
+def current_annotator() -> Annotator:
+    try:
+        worker = distributed.get_worker()
+    except ValueError:
+        worker = None  # not inside a Dask worker
+    if worker is not None:
+        annotator = getattr(worker, WORKER_ATTRIBUTE, None)
+        if isinstance(annotator, Annotator):
+            return annotator
+    return _process_annotator()
+
+
+def _process_annotator() -> Annotator:
+    global _fallback
+    with _fallback_lock:
+        if _fallback is None:
+            log.info("no %s plugin on this worker: loading models from settings", PLUGIN_NAME)
+            _fallback = Annotator.from_settings(load_settings().models)
+        return _fallback
