@@ -41,12 +41,14 @@ help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
 
 # Java runs Kafka, Maven gathers its jars, Go builds FerretDB (1.24+: see
-# broker/services/ferretdb.py when the distribution's golang-go is older).
+# broker/services/ferretdb.py when the distribution's golang-go is older), and headless
+# Chromium screenshots the Fritz-like candidates page in the e2e tests.
 system-deps:
 	@missing=""; \
 	command -v java >/dev/null || missing="$$missing default-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v go >/dev/null || missing="$$missing golang-go"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	$(PYTHON_BOOTSTRAP) -c 'import ensurepip' 2>/dev/null || missing="$$missing python3-venv"; \
 	if [ -n "$$missing" ]; then \
 		echo "make: installing Debian packages:$$missing"; \

@@ -25,6 +25,8 @@ COMMANDS = (
     "score",
     "bench",
     "demo",
+    "post",
+    "fritz",
 )
 
 

@@ -1,4 +1,4 @@
-"""Avro object-container files of one record: read the record's bytes, write them back.
+"""Avro object-container files of one record, written from an existing record's bytes.
 
 Output messages embed their schema (as ZTF's own alerts do) so any Kafka client can read
 them without a registry. Avro encodes a record as its fields' encodings in order, so an
@@ -11,17 +11,12 @@ from __future__ import annotations
 import io
 import json
 import os
-import zlib
 from collections.abc import Mapping
 from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
 MAGIC = b"Obj\x01"
-
-
-class ContainerError(ValueError):
-    """Bytes that are not a one-record Avro container file this module can split."""
 
 
 def zigzag_long(value: int) -> bytes:
@@ -33,57 +28,6 @@ def zigzag_long(value: int) -> bytes:
         encoded >>= 7
     out.append(encoded)
     return bytes(out)
-
-
-def _read_long(data: bytes, pos: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        if pos >= len(data):
-            raise ContainerError("truncated variable-length integer")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise ContainerError("variable-length integer too long")
-
-
-def _read_bytes(data: bytes, pos: int) -> tuple[bytes, int]:
-    size, pos = _read_long(data, pos)
-    if size < 0 or pos + size > len(data):
-        raise ContainerError("truncated byte string")
-    return data[pos : pos + size], pos + size
-
-
-def split_container(raw: bytes) -> tuple[bytes, bytes]:
-    """(schema JSON bytes, the single record's binary encoding) of a container file."""
-    if not raw.startswith(MAGIC):
-        raise ContainerError("not an Avro container file")
-    metadata: dict[bytes, bytes] = {}
-    pos = len(MAGIC)
-    while True:
-        count, pos = _read_long(raw, pos)
-        if count == 0:
-            break
-        if count < 0:  # a negative count is followed by the block's byte size
-            _, pos = _read_long(raw, pos)
-            count = -count
-        for _ in range(count):
-            key, pos = _read_bytes(raw, pos)
-            metadata[key], pos = _read_bytes(raw, pos)
-    pos += 16  # sync marker
-    records, pos = _read_long(raw, pos)
-    if records != 1:
-        raise ContainerError(f"container holds {records} records in its first block, not 1")
-    body, pos = _read_bytes(raw, pos)
-    codec = metadata.get(b"avro.codec", b"null")
-    if codec == b"deflate":
-        body = zlib.decompress(body, -15)
-    elif codec != b"null":
-        raise ContainerError(f"unsupported codec {codec.decode(errors='replace')}")
-    return metadata[b"avro.schema"], body
 
 
 def clean_schema(schema: Any) -> Any:

@@ -309,3 +309,21 @@ def _bounded_put(cache: dict[Any, WriterSchema], key: Any, schema: WriterSchema)
         # Only corrupt or hostile streams get here; dropping the oldest keeps memory flat.
         del cache[next(iter(cache))]
     cache[key] = schema
+
+
+def record_body(raw: bytes) -> bytes:
+    """The binary encoding of a message's single record (for republishing without re-encoding).
+
+    Container files: the one data block, inflated; Confluent framing: the bytes after the
+    5-byte header. Raises BadAlert for anything else.
+    """
+    if raw[:1] == b"\x00" and len(raw) > CONFLUENT_HEADER:
+        return raw[CONFLUENT_HEADER:]
+    if not raw.startswith(CONTAINER_MAGIC):
+        raise undecodable("neither an Avro container file nor Confluent framing")
+    container = parse_container(raw)
+    if container.record_count != 1 or len(container.blocks) != 1:
+        raise undecodable(f"container holds {container.record_count} records, not 1")
+    block = container.blocks[0]
+    data = raw[block.start : block.end]
+    return data if container.codec == b"null" else _inflate(container.codec, data)

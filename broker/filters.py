@@ -1,7 +1,8 @@
 """Filter stage: named MongoDB queries over a batch of stored alerts -> outbox jobs.
 
-Input: the `_id`s of alerts just stored. Output: `FilterMatch` records (the publisher sends
-each to its filter's topic) and one outbox job per (candid, filter), written in one bulk
+Input: the alert documents the store just wrote, matched in-process (`broker.query`, with
+MongoDB's semantics) rather than queried back. Output: `FilterMatch` records (the publisher
+sends each to its filter's topic) and one outbox job per (candid, filter), written in one bulk
 insert per batch. Never speaks HTTP: `broker.post` drains the outbox on its own thread.
 """
 
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pymongo.errors import ConnectionFailure, OperationFailure
+from pymongo.errors import ConnectionFailure
 
 from broker.errors import ConfigError, TransientError
 from broker.metrics import FILTER_ERRORS, FILTER_MATCHES
 from broker.outbox import Outbox
+from broker.query import Matcher, compile_query
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -29,8 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Query operators that both MongoDB and FerretDB 1.24 evaluate ($expr, $where, $text and
-# the geo operators are not supported by FerretDB or not wanted in config).
+# Query operators broker.query evaluates with MongoDB's semantics ($expr, $where, $text and
+# the geo operators are not wanted in config; FerretDB 1.24 lacks most of them too).
 LOGICAL_OPERATORS = frozenset({"$and", "$or", "$nor"})
 FIELD_OPERATORS = frozenset(
     {
@@ -38,11 +40,13 @@ FIELD_OPERATORS = frozenset(
         "$type", "$size", "$mod", "$regex", "$options", "$not", "$elemMatch",
     }
 )  # fmt: skip
-# Top-level fields of the stored alert document (see broker.store).
+# Top-level fields of the stored alert document (broker.store.AlertDocument). The light
+# curve is not one of them: it lives in `objects.lightcurve`.
 ALERT_FIELDS = frozenset(
     {
         "_id", "survey", "candid", "objectId", "ra", "dec", "jd", "schema_version",
-        "candidate", "prv_candidates", "annotations", "ingested_at", "origin",
+        "candidate", "packet", "cutouts", "annotations", "skipped", "broker", "ingested_at",
+        "origin",
     }
 )  # fmt: skip
 _BSON_TYPES = frozenset(
@@ -67,18 +71,19 @@ class FilterMatch:
 
 
 class FilterStage:
-    """Runs every enabled filter over a batch: one query per filter, one outbox write."""
+    """Runs every enabled filter over a batch in-process, then writes the outbox once."""
 
     def __init__(self, definitions: Sequence[FilterDefinition], db: Database[Any]) -> None:
+        self._filters: list[tuple[FilterDefinition, Matcher]] = []
         for definition in definitions:
             try:
-                check_query(definition.query)
+                matcher = check_query(definition.query)
             except ValueError as exc:
                 raise ConfigError(
                     f"filters.definitions: filter {definition.name!r}: {exc}"
                 ) from exc
-        self._filters = [definition for definition in definitions if definition.enabled]
-        self._alerts = db["alerts"]
+            if definition.enabled:
+                self._filters.append((definition, matcher))
         self._outbox = Outbox(db)
         self._outbox.ensure_indexes()
 
@@ -88,43 +93,37 @@ class FilterStage:
 
     @property
     def names(self) -> list[str]:
-        return [definition.name for definition in self._filters]
+        return [definition.name for definition, _ in self._filters]
 
-    def run(self, alert_ids: list[str]) -> list[FilterMatch]:
-        """Match the batch against every filter and queue a post per match (idempotent)."""
-        if not alert_ids or not self._filters:
+    def run(self, docs: Sequence[Mapping[str, Any]]) -> list[FilterMatch]:
+        """Match the stored documents against every filter; queue a post per match."""
+        if not docs or not self._filters:
             return []
         started = time.monotonic()
         matches: list[FilterMatch] = []
-        for definition in self._filters:
-            matches.extend(self._matches(definition, alert_ids))
+        for definition, matcher in self._filters:
+            matches.extend(_matches(definition, matcher, docs))
+        matched = time.monotonic()
         try:
             queued = self._outbox.enqueue(matches)
         except ConnectionFailure as exc:
             raise TransientError(f"cannot write outbox jobs: {exc}") from exc
         log.debug(
-            "filters: %d alerts, %d matches, %d new outbox jobs in %.3f s",
-            len(alert_ids),
+            "filters: %d alerts x %d filters matched in %.4f s: %d matches, %d new outbox jobs",
+            len(docs),
+            len(self._filters),
+            matched - started,
             len(matches),
             queued,
-            time.monotonic() - started,
         )
         return matches
 
-    def _matches(self, definition: FilterDefinition, alert_ids: list[str]) -> list[FilterMatch]:
-        query = {"$and": [{"_id": {"$in": alert_ids}}, definition.query]}
-        projection = {"candid": 1, "objectId": 1, "survey": 1}
-        try:
-            docs = list(self._alerts.find(query, projection))
-        except ConnectionFailure as exc:
-            raise TransientError(f"filter {definition.name!r}: MongoDB unreachable: {exc}") from exc
-        except OperationFailure as exc:
-            # Like a failing model: this filter loses this batch, the stream goes on.
-            FILTER_ERRORS.labels(filter=definition.name).inc()
-            log.warning("filter %r failed on %d alerts: %s", definition.name, len(alert_ids), exc)
-            return []
-        FILTER_MATCHES.labels(filter=definition.name).inc(len(docs))
-        return [
+
+def _matches(
+    definition: FilterDefinition, matcher: Matcher, docs: Sequence[Mapping[str, Any]]
+) -> list[FilterMatch]:
+    try:
+        found = [
             FilterMatch(
                 filter=definition.name,
                 alert_id=str(doc["_id"]),
@@ -135,12 +134,22 @@ class FilterStage:
                 group_ids=tuple(definition.group_ids),
             )
             for doc in docs
+            if matcher.matches(doc)
         ]
+    except (KeyError, TypeError, ValueError) as exc:
+        # The matcher takes any BSON-like document; a document without candid or objectId is
+        # a bug upstream. Like a failing model: this filter loses this batch, the stream goes on.
+        FILTER_ERRORS.labels(filter=definition.name).inc()
+        log.warning("filter %r failed on %d alerts: %r", definition.name, len(docs), exc)
+        return []
+    FILTER_MATCHES.labels(filter=definition.name).inc(len(found))
+    return found
 
 
-def check_query(query: Any) -> None:
-    """Raise ValueError naming the first operator, field path or value the broker refuses."""
+def check_query(query: Any) -> Matcher:
+    """The compiled query; ValueError names the first operator, path or value refused."""
     _check_document(query, "query", relative=False)
+    return compile_query(query)
 
 
 def _check_document(doc: Any, where: str, *, relative: bool) -> None:
@@ -213,7 +222,7 @@ def _check_special(op: str, arg: Any, siblings: Mapping[str, Any], here: str) ->
         isinstance(arg, list) and len(arg) == 2 and all(_is_int(x) for x in arg) and arg[0] != 0
     ):
         raise ValueError(f"{here} needs [divisor, remainder] integers with divisor != 0")
-    if op == "$type" and not (arg in _BSON_TYPES or _is_int(arg)):
+    if op == "$type" and not ((isinstance(arg, str) and arg in _BSON_TYPES) or _is_int(arg)):
         raise ValueError(f"{here}: unknown type {arg!r} (one of {', '.join(sorted(_BSON_TYPES))})")
     if op == "$regex":
         _check_regex(arg, here)

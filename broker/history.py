@@ -16,12 +16,38 @@ from broker.records import Alert
 # Fields kept per point, per survey (survey spellings, as in the packet).
 POINT_FIELDS: dict[str, tuple[str, ...]] = {
     "ztf": (
-        "candid", "jd", "fid", "pid", "programid", "isdiffpos", "magpsf", "sigmapsf",
-        "diffmaglim", "ra", "dec", "magzpsci", "magzpsciunc", "rb", "drb", "field", "rcid",
+        "candid",
+        "jd",
+        "fid",
+        "pid",
+        "programid",
+        "isdiffpos",
+        "magpsf",
+        "sigmapsf",
+        "diffmaglim",
+        "ra",
+        "dec",
+        "magzpsci",
+        "magzpsciunc",
+        "rb",
+        "drb",
+        "field",
+        "rcid",
     ),
     "lsst": (
-        "diaSourceId", "midpointMjdTai", "band", "filterName", "psfFlux", "psfFluxErr",
-        "ra", "dec", "snr", "reliability", "isDipole", "visit", "detector",
+        "diaSourceId",
+        "midpointMjdTai",
+        "band",
+        "filterName",
+        "psfFlux",
+        "psfFluxErr",
+        "ra",
+        "dec",
+        "snr",
+        "reliability",
+        "isDipole",
+        "visit",
+        "detector",
     ),
 }
 # The field that orders points in time, per survey.
@@ -34,6 +60,17 @@ def clean_value(value: Any) -> Any:
     """NaN and infinities become None: FerretDB (and JSON) cannot hold them."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    return value
+
+
+def clean(value: Any) -> Any:
+    """A decoded Avro value with every NaN/infinity (at any depth) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [clean(v) for v in value]
     return value
 
 

@@ -1,6 +1,7 @@
 """Light curve -> SkyPortal flux photometry (the body of `PUT /api/photometry`).
 
-Input: the stored alert (its candidate and packet history) and the object's light curve.
+Input: the stored alert (its candidate) and the object's light curve (`objects.lightcurve`,
+which holds the packet histories; alert documents no longer carry `prv_candidates`).
 Output: SkyPortal's PhotFluxFlexible columns (obj_id, instrument_id, mjd, flux, fluxerr, zp,
 magsys, filter, ra, dec), converted the way Kowalski does for Fritz: AB zero point 23.9, so
 fluxes are in microjansky; non-detections have flux null and fluxerr = 5-sigma limit / 5.
@@ -65,7 +66,8 @@ def photometry_payload(
 def light_curve(
     survey: str, alert: Mapping[str, Any], stored: Iterable[Mapping[str, Any]] = ()
 ) -> list[PhotPoint]:
-    """Merge the alert's candidate, its packet history and the stored light curve.
+    """Merge the alert's candidate and the stored light curve (plus `prv_candidates`, which
+    only alert documents stored by older versions carry).
 
     Rows are deduplicated on (mjd, filter, flux) as Kowalski does and sorted by time;
     rows that cannot be converted (no limit, no error) are left out.

@@ -54,7 +54,7 @@ class Alert:
     `candidate` is the triggering detection (ZTF `candidate`, LSST `diaSource`) with
     survey field names; `history` the packet's earlier detections and limits
     (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`), oldest first.
-    `packet` is the whole decoded record without cutouts, for storage and republishing;
+    `packet` is the whole decoded record (cutouts included, the same bytes objects);
     `schema_key` names the writer schema in `broker.decode` (see `writer_schema`).
     """
 
@@ -109,6 +109,7 @@ class ScoringInput:
     candidate: Mapping[str, Any]
     history: tuple[Mapping[str, Any], ...]
     cutouts: Cutouts
+    schema_version: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,8 +37,8 @@ class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "nightjar"
     # Names, or regular expressions starting with '^' (new matching topics are picked
-    # up without a restart, e.g. '^ztf_\d{8}_programid1$').
-    topics: list[str] = Field(default_factory=lambda: [r"^ztf_\d{8}_programid\d+$"])
+    # up without a restart; librdkafka regexes: no \d, no {n}).
+    topics: list[str] = Field(default_factory=lambda: [r"^ztf_[0-9]+_programid[0-9]+$"])
     # Output topic per survey; {survey} is replaced ('nightjar.ztf.annotated').
     output_topic: str = "nightjar.{survey}.annotated"
     dead_letter_topic: str = "nightjar.deadletter"

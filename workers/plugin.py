@@ -7,8 +7,11 @@ built lazily from the default settings, once per process.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+from typing import Any
 
 import distributed
 
@@ -35,13 +38,30 @@ class AnnotatorPlugin(distributed.WorkerPlugin):
         self.models = models
 
     def setup(self, worker: distributed.Worker) -> None:
-        annotator = Annotator.from_settings(self.models)
+        annotator = Annotator.from_settings(with_worker_environment(self.models))
         setattr(worker, WORKER_ATTRIBUTE, annotator)
         log.info("worker %s loaded models: %s", worker.address, annotator.describe()["models"])
 
     def teardown(self, worker: distributed.Worker) -> None:
         if hasattr(worker, WORKER_ATTRIBUTE):
             delattr(worker, WORKER_ATTRIBUTE)
+
+
+def with_worker_environment(models: ModelSettings) -> ModelSettings:
+    """The broker's model settings, with this worker's own NIGHTJAR_MODELS__* variables on top.
+
+    A worker knows its hardware: e.g. NIGHTJAR_MODELS__PROVIDER=cuda on a GPU worker of a
+    cluster whose broker runs on a CPU machine.
+    """
+    prefix = "NIGHTJAR_MODELS__"
+    overrides: dict[str, Any] = {}
+    for name, value in os.environ.items():
+        if name.startswith(prefix):
+            key = name[len(prefix) :].lower()
+            overrides[key] = json.loads(value) if value.startswith("[") else value
+    if not overrides:
+        return models
+    return ModelSettings.model_validate({**models.model_dump(), **overrides})
 
 
 def annotate_batch(batch: list[ScoringInput]) -> list[AlertResult]:

@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from broker.kafka_config import client_config
 from broker.replay import default_producer_config, replay_paths
-from broker.settings import Settings, load_settings
+from broker.settings import load_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +35,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
-    config = default_producer_config(bootstrap, args.compression, _security(settings))
+    config = default_producer_config(
+        bootstrap, args.compression, _security_only(client_config(settings))
+    )
     try:
         stats = replay_paths(args.paths, args.topic, config, progress=not args.no_progress)
     except OSError as exc:
@@ -52,17 +55,6 @@ def run(args: argparse.Namespace) -> int:
     return 0 if stats.ok else 1
 
 
-def _security(settings: Settings) -> dict[str, Any]:
-    """The configured SASL/TLS settings and librdkafka extras, for the producer too."""
-    kafka = settings.kafka
-    config: dict[str, Any] = dict(kafka.extra)
-    if kafka.security_protocol:
-        config["security.protocol"] = kafka.security_protocol
-    if kafka.sasl_mechanism:
-        config["sasl.mechanism"] = kafka.sasl_mechanism
-    if kafka.sasl_username:
-        config["sasl.username"] = kafka.sasl_username
-    password = settings.kafka_password()
-    if password:
-        config["sasl.password"] = password
-    return config
+def _security_only(config: dict[str, Any]) -> dict[str, Any]:
+    """The shared client settings less the bootstrap address (given explicitly here)."""
+    return {k: v for k, v in config.items() if k != "bootstrap.servers"}

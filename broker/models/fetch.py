@@ -32,6 +32,9 @@ from workers.runtime import ORT_LOAD_ERRORS
 log = logging.getLogger(__name__)
 
 DOWNLOADS = "downloads"
+# Weights Nightjar trains itself ship in the repository; an entry without a URL whose file
+# is here installs from it (its sha256 is still checked).
+BUNDLED = Path(__file__).resolve().parents[2] / "workers" / "models" / "weights"
 ATTEMPTS = 3
 TIMEOUT_S = 60
 
@@ -106,7 +109,10 @@ def obtain(spec: ModelSpec, models_dir: Path, mirror: Path | None, progress: boo
     if target.is_file() and sha256_file(target) == spec.source.sha256:
         return target
     partial = target.with_name(target.name + ".part")
-    if mirror is not None:
+    bundled = BUNDLED / spec.source.file
+    if spec.source.url is None and bundled.is_file():
+        shutil.copyfile(bundled, partial)
+    elif mirror is not None:
         shutil.copyfile(find_in_mirror(mirror, spec.source.file, spec.name), partial)
     elif spec.source.url is None:
         raise FetchError(

@@ -12,11 +12,13 @@ from collections.abc import Mapping, Sequence
 from broker.errors import ConfigError
 from broker.services.base import Layout, Service
 from broker.services.ferretdb import FerretDBService
+from broker.services.fritz import FritzService
 from broker.services.kafka import KafkaService
 
 REGISTRY: dict[str, type[Service]] = {
     KafkaService.name: KafkaService,
     FerretDBService.name: FerretDBService,
+    FritzService.name: FritzService,
 }
 
 

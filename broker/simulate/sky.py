@@ -20,6 +20,9 @@ SUPERNOVA = "supernova"
 VARIABLE = "variable_star"
 
 ERROR_FLOOR_MAG = 0.02  # calibration error added to the photon noise
+# An exposure and its overheads: two visits of one position closer than this would share an
+# exposure id, hence a candid / diaSourceId (ids count 40 s slots of the night).
+MIN_VISIT_GAP_DAYS = 40.0 / 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +142,7 @@ def _visit_times(rng: np.random.Generator, profile: SurveyProfile, kind: str) ->
     nights = np.floor(nights[nights <= first + span]) + 0.5
     hours = rng.uniform(*profile.night_fraction, size=nights.size)
     times = np.sort(nights + hours)  # two visits in one night: order by hour
+    times = times[np.concatenate(([True], np.diff(times) >= MIN_VISIT_GAP_DAYS))]
     # Only visits inside the stream's window produce alerts; earlier ones are history.
     return times[times <= profile.start_jd + profile.window_days]
 

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 from pymongo.database import Database
 
 from broker.filters import FilterMatch, FilterStage
@@ -158,13 +159,35 @@ def test_shipped_filters_select_the_right_alerts(mongo_db: Database[dict[str, An
         alert(5, sgscore1=0.99, distpsnr1=5.0),  # star-like, but far away: passes
         alert(6, isdiffpos="1"),  # old packets spell positive '1'
         {**alert(7), "annotations": {"btsbot": {"score": 0.2}, "tails": {"score": 0.93}}},
-        alert(8),  # not in this batch
+        {**alert(8), "annotations": {"tails": {"score": 0.95}}},  # BTSbot skipped it
+        alert(9, magpsf=None),  # a NaN magnitude, stored as null
     ]
-    mongo_db["alerts"].insert_many(docs)
     stage = FilterStage.from_settings(load_settings(DEFAULT_CONFIG), mongo_db)
-    found = stage.run([f"ztf:{i}" for i in range(1, 8)])
+    found = stage.run(docs)  # matched in-process: nothing is read from `alerts`
     by_filter = {name: sorted(m.candid for m in found if m.filter == name) for name in stage.names}
-    assert by_filter == {"bts": [1, 5, 6], "comets": [7]}
+    assert by_filter == {"bts": [1, 5, 6], "comets": [7, 8]}
     assert {m.fritz_filter_id for m in found if m.filter == "comets"} == {2}
-    assert Outbox(mongo_db).counts() == {"pending": 4}
+    match = next(m for m in found if m.candid == 5)
+    assert (match.alert_id, match.object_id, match.survey, match.group_ids) == (
+        "ztf:5",
+        "ZTF5",
+        "ztf",
+        (1,),
+    )
+    jobs = {job["_id"]: job for job in mongo_db["outbox"].find()}
+    assert set(jobs) == {"1:bts", "5:bts", "6:bts", "7:comets", "8:comets"}
+    assert jobs["7:comets"]["alert_id"] == "ztf:7" and jobs["7:comets"]["status"] == "pending"
+    assert len(stage.run(docs)) == 5 and Outbox(mongo_db).counts() == {"pending": 5}  # replay
     assert stage.run([]) == []
+
+
+def test_a_filter_failing_on_a_batch_loses_only_that_batch(
+    mongo_db: Database[dict[str, Any]],
+) -> None:
+    stage = FilterStage.from_settings(load_settings(DEFAULT_CONFIG), mongo_db)
+    errors = REGISTRY.get_sample_value("nightjar_filter_errors_total", {"filter": "comets"}) or 0
+    broken = {"_id": "ztf:1", "annotations": {"tails": {"score": 0.9}}}  # no candid, objectId
+    assert stage.run([broken]) == []
+    after = REGISTRY.get_sample_value("nightjar_filter_errors_total", {"filter": "comets"})
+    assert after == errors + 1
+    assert Outbox(mongo_db).counts() == {}

@@ -11,23 +11,25 @@ import logging
 import os
 import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import fastavro
 import pytest
 import requests
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from broker.decode import Decoder
 from broker.errors import ConfigError
 from broker.filters import FilterStage
 from broker.fritzapi.server import FritzServer
 from broker.outbox import Outbox
 from broker.post import Sender, SkyPortalClient, candidate_payload
-from broker.settings import Settings
+from broker.records import Alert, AlertResult, Annotation
+from broker.settings import SchemaSettings, Settings
+from broker.store import AlertDocument, Store
 from tests.helpers import poll_until
 
 TOKEN = "post-test-token"
@@ -44,43 +46,27 @@ def _own_fritz_settings(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
-def alert_doc(record: dict[str, Any], btsbot: float) -> dict[str, Any]:
-    """The stored alert document as the pipeline's store stage writes it."""
-    candidate = record["candidate"]
-    return {
-        "_id": f"ztf:{record['candid']}",
-        "survey": "ztf",
-        "candid": record["candid"],
-        "objectId": record["objectId"],
-        "ra": candidate["ra"],
-        "dec": candidate["dec"],
-        "jd": candidate["jd"],
-        "schema_version": record["schemavsn"],
-        "candidate": candidate,
-        "prv_candidates": record["prv_candidates"] or [],
-        "cutouts": {
-            kind: record[f"cutout{kind.capitalize()}"]["stampData"]
-            for kind in ("science", "template", "difference")
-        },
-        "annotations": {
-            "btsbot": {"score": btsbot, "version": "v1.0.1"},
-            "braai": {"score": candidate["drb"], "version": "d6_m9"},
-        },
-    }
+def annotated(alert: Alert) -> AlertResult:
+    btsbot = 0.2 if alert.candid == NOT_PASSING else 0.9
+    return AlertResult(
+        alert.candid,
+        annotations=(
+            Annotation("btsbot", "v1.0.1", btsbot),
+            Annotation("braai", "d6_m9", float(alert.candidate["drb"])),
+        ),
+    )
 
 
 @pytest.fixture
-def alert_ids(shared_dir: Path, mongo_db: Database[dict[str, Any]]) -> list[str]:
+def alert_docs(shared_dir: Path, mongo_db: Database[dict[str, Any]]) -> list[AlertDocument]:
+    """Real alerts written by the pipeline's store stage: alert documents and light curves."""
     paths = sorted((shared_dir / "ztf" / "alerts" / "night-20200202").glob("*.avro"))[:ALERTS]
-    docs = []
-    for path in paths:
-        with path.open("rb") as handle:
-            record: Any = next(iter(fastavro.reader(handle)))
-        docs.append(alert_doc(record, 0.2 if record["candid"] == NOT_PASSING else 0.9))
-    mongo_db["alerts"].insert_many(docs)
+    decoder = Decoder(SchemaSettings(), max_message_bytes=2**26)
+    alerts = [decoder.decode(path.read_bytes()) for path in paths]
+    docs = Store(mongo_db).write(alerts, [annotated(alert) for alert in alerts], {})
     extra = {"jd": EXTRA_JD, "fid": 1, "magpsf": None, "diffmaglim": 20.1, "candid": None}
-    mongo_db["objects"].insert_one({"_id": "ztf:ZTF20aajcdad", "lightcurve": [extra]})
-    return [doc["_id"] for doc in docs]
+    mongo_db["objects"].update_one({"_id": "ztf:ZTF20aajcdad"}, {"$push": {"lightcurve": extra}})
+    return docs
 
 
 @pytest.fixture
@@ -137,8 +123,8 @@ class Stack:
         )
         response.raise_for_status()
 
-    def filter_batch(self, alert_ids: list[str]) -> int:
-        return len(FilterStage.from_settings(self.settings(), self.db).run(alert_ids))
+    def filter_batch(self, docs: Sequence[Mapping[str, Any]]) -> int:
+        return len(FilterStage.from_settings(self.settings(), self.db).run(docs))
 
     def start_sender(self, token: str = TOKEN) -> threading.Event:
         stop = threading.Event()
@@ -219,18 +205,18 @@ def assert_object_state(stack: Stack, object_id: str, candid: int) -> None:
 
 
 def test_matches_are_posted_once_and_batches_replay_safely(
-    stack: Stack, alert_ids: list[str]
+    stack: Stack, alert_docs: list[AlertDocument]
 ) -> None:
-    assert stack.filter_batch(alert_ids) == ALERTS - 1
-    assert stack.filter_batch(alert_ids) == ALERTS - 1  # a replayed batch: same matches
+    assert stack.filter_batch(alert_docs) == ALERTS - 1
+    assert stack.filter_batch(alert_docs) == ALERTS - 1  # a replayed batch: same matches
     assert stack.counts() == {"pending": ALERTS - 1}  # ... and no second job
     stack.start_sender()
     stack.wait_all("done", ALERTS - 1)
     assert_landed_once(stack)
 
 
-def test_server_errors_are_retried(stack: Stack, alert_ids: list[str]) -> None:
-    stack.filter_batch(alert_ids)
+def test_server_errors_are_retried(stack: Stack, alert_docs: list[AlertDocument]) -> None:
+    stack.filter_batch(alert_docs)
     stack.faults(mode="error", status=500, count=7)
     stack.start_sender()
     stack.wait_all("done", ALERTS - 1)
@@ -238,10 +224,12 @@ def test_server_errors_are_retried(stack: Stack, alert_ids: list[str]) -> None:
     assert sum(job["failures"] for job in stack.db["outbox"].find()) >= 7
 
 
-def test_stalled_requests_time_out_and_still_land_once(stack: Stack, alert_ids: list[str]) -> None:
+def test_stalled_requests_time_out_and_still_land_once(
+    stack: Stack, alert_docs: list[AlertDocument]
+) -> None:
     # The service answers after the sender gave up (0.5 s) but still stores the post: the
     # retry must find it (HEAD/GET) rather than post it again.
-    stack.filter_batch(alert_ids)
+    stack.filter_batch(alert_docs)
     stack.faults(
         mode="stall", seconds=1.0, count=2, methods=["POST"], path_prefix="/api/candidates"
     )
@@ -255,8 +243,8 @@ def test_stalled_requests_time_out_and_still_land_once(stack: Stack, alert_ids: 
     assert sum(result == {"already_posted": True} for result in results) == 2
 
 
-def test_service_stopped_and_restarted(stack: Stack, alert_ids: list[str]) -> None:
-    stack.filter_batch(alert_ids)
+def test_service_stopped_and_restarted(stack: Stack, alert_docs: list[AlertDocument]) -> None:
+    stack.filter_batch(alert_docs)
     stack.start_sender()
     poll_until(lambda: len(stack.writes()) >= 8, timeout=30, message="some posts landed")
     stack.stop_server()
@@ -270,8 +258,8 @@ def test_service_stopped_and_restarted(stack: Stack, alert_ids: list[str]) -> No
     assert_landed_once(stack)
 
 
-def test_sender_restarted_mid_queue(stack: Stack, alert_ids: list[str]) -> None:
-    stack.filter_batch(alert_ids)
+def test_sender_restarted_mid_queue(stack: Stack, alert_docs: list[AlertDocument]) -> None:
+    stack.filter_batch(alert_docs)
     stack.start_sender()
     poll_until(lambda: len(stack.writes()) >= 9, timeout=30, message="some posts landed")
     stack.stop_senders()
@@ -281,18 +269,20 @@ def test_sender_restarted_mid_queue(stack: Stack, alert_ids: list[str]) -> None:
     assert_landed_once(stack)
 
 
-def test_two_senders_share_the_queue(stack: Stack, alert_ids: list[str]) -> None:
+def test_two_senders_share_the_queue(stack: Stack, alert_docs: list[AlertDocument]) -> None:
     # FerretDB's findAndModify is not atomic: both senders often "claim" the same job; the
     # claim tokens must let only one of them post it.
-    stack.filter_batch(alert_ids)
+    stack.filter_batch(alert_docs)
     stack.start_sender()
     stack.start_sender()
     stack.wait_all("done", ALERTS - 1)
     assert_landed_once(stack)
 
 
-def test_crashed_sender_job_is_resumed_after_its_lease(stack: Stack, alert_ids: list[str]) -> None:
-    first, rest = alert_ids[1:2], alert_ids[2:]
+def test_crashed_sender_job_is_resumed_after_its_lease(
+    stack: Stack, alert_docs: list[AlertDocument]
+) -> None:
+    first, rest = alert_docs[1:2], alert_docs[2:]
     stack.filter_batch(first)
     outbox = Outbox(stack.db)
     crashed = outbox.claim("crashed-sender", lease_seconds=2.0)
@@ -317,9 +307,13 @@ def test_crashed_sender_job_is_resumed_after_its_lease(stack: Stack, alert_ids: 
 
 @pytest.mark.parametrize(("token", "status"), [("wrong-token", 403), ("two words", 401)])
 def test_bad_token_keeps_jobs_and_says_so_once(
-    stack: Stack, alert_ids: list[str], caplog: pytest.LogCaptureFixture, token: str, status: int
+    stack: Stack,
+    alert_docs: list[AlertDocument],
+    caplog: pytest.LogCaptureFixture,
+    token: str,
+    status: int,
 ) -> None:
-    stack.filter_batch(alert_ids)
+    stack.filter_batch(alert_docs)
     with caplog.at_level(logging.INFO, logger="broker.post"):
         stack.start_sender(token=token)
         stack.wait_all("failed", ALERTS - 1)

@@ -1,0 +1,184 @@
+"""The numbers `nightjar bench` reports: percentiles, per-stage costs, targets, JSON shape.
+
+Input: measured durations, latencies and counts of one scenario. Output: the plain-data
+scenario document (JSON-ready), with the target and whether it is met. Pure functions.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+# What the broker is meant to sustain on one machine (alerts/s), and the share of the
+# model-only ceiling the pipeline should reach (the rest is Kafka, MongoDB and Dask).
+TARGETS: dict[str, dict[str, float]] = {
+    "passthrough": {"sustained_alerts_per_s": 1000.0},
+    "models": {"sustained_alerts_per_s": 200.0, "fraction_of_ceiling": 0.8},
+}
+# Pipeline stages in the order they run (broker.pipeline times each per batch).
+STAGE_ORDER = ("decode", "history", "store", "publish", "commit")
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100), linear between closest ranks (numpy's default)."""
+    if not values:
+        raise ValueError("percentile of no values")
+    if not 0 <= q <= 100:
+        raise ValueError(f"q must be within 0-100, not {q}")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = math.ceil(rank)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def latency_summary(latencies_ms: Sequence[float]) -> dict[str, float | int | None]:
+    """{p50, p99, max, n} in ms, rounded to 0.1 ms; None values when nothing was measured."""
+    if not latencies_ms:
+        return {"p50": None, "p99": None, "max": None, "n": 0}
+    return {
+        "p50": round(percentile(latencies_ms, 50), 1),
+        "p99": round(percentile(latencies_ms, 99), 1),
+        "max": round(max(latencies_ms), 1),
+        "n": len(latencies_ms),
+    }
+
+
+def latencies_ms(pairs: Sequence[tuple[int, int | None]], since_ms: int) -> list[float]:
+    """Output timestamp - source timestamp of the messages whose source is at/after `since_ms`."""
+    return [float(out - src) for out, src in pairs if src is not None and src >= since_ms]
+
+
+@dataclass
+class WorkerCost:
+    """The workers' share, timed in-process on one batch with the workers' thread settings."""
+
+    alerts: int
+    annotate_seconds: float
+    model_seconds: dict[str, float] = field(default_factory=dict)
+    threads: int = 1
+    ceiling_alerts_per_s: float | None = None
+
+    @property
+    def annotate_ms_per_alert(self) -> float:
+        return 1000 * self.annotate_seconds / self.alerts if self.alerts else 0.0
+
+
+def stage_breakdown(
+    stages: Mapping[str, float], wall_seconds: float, alerts: int, workers: WorkerCost | None
+) -> dict[str, Any]:
+    """Seconds and ms/alert per stage, the unattributed rest of the loop, and the workers."""
+    per_alert = 1000 / alerts if alerts else 0.0
+    names = [s for s in STAGE_ORDER if s in stages] + sorted(set(stages) - set(STAGE_ORDER))
+    table: dict[str, Any] = {
+        name: {
+            "seconds": round(stages[name], 4),
+            "ms_per_alert": round(stages[name] * per_alert, 3),
+        }
+        for name in names
+    }
+    # Submitting to Dask (scatter) and waiting for results are not stages of their own.
+    rest = max(0.0, wall_seconds - sum(stages.values()))
+    table["dispatch_and_wait"] = {
+        "seconds": round(rest, 4),
+        "ms_per_alert": round(rest * per_alert, 3),
+    }
+    table["wall"] = {
+        "seconds": round(wall_seconds, 4),
+        "ms_per_alert": round(wall_seconds * per_alert, 3),
+    }
+    if workers is not None:
+        table["workers"] = workers_document(workers)
+    table["bottleneck"] = bottleneck(stages, alerts, workers)
+    return table
+
+
+def workers_document(workers: WorkerCost) -> dict[str, Any]:
+    ms = 1000 / workers.alerts if workers.alerts else 0.0
+    return {
+        "timed_on_alerts": workers.alerts,
+        "threads": workers.threads,
+        "annotate_ms_per_alert": round(workers.annotate_ms_per_alert, 3),
+        "models_ms_per_alert": {
+            name: round(seconds * ms, 3) for name, seconds in workers.model_seconds.items()
+        },
+    }
+
+
+def bottleneck(stages: Mapping[str, float], alerts: int, workers: WorkerCost | None) -> str:
+    """The slowest step per alert: a main-loop stage, or the workers (spread over their threads).
+
+    The main loop runs its stages one after the other while the workers score earlier
+    batches in parallel, so the pipeline goes as fast as the slower of the two sides.
+    """
+    if not alerts:
+        return "unknown"
+    main_ms = 1000 * sum(stages.values()) / alerts
+    threads = max(1, workers.threads) if workers else 1
+    worker_ms = workers.annotate_ms_per_alert / threads if workers else 0.0
+    if worker_ms > main_ms:
+        return f"workers ({worker_ms:.2f} ms/alert over {threads} threads)"
+    if not stages:
+        return "unknown"
+    slowest = max(stages, key=lambda name: stages[name])
+    return f"main loop ({main_ms:.2f} ms/alert), mostly {slowest}"
+
+
+def target_check(scenario: str, sustained: float, fraction: float | None) -> dict[str, Any]:
+    """The scenario's target and whether every part of it is met."""
+    target = TARGETS.get(scenario, {})
+    met = sustained >= target.get("sustained_alerts_per_s", 0.0)
+    if "fraction_of_ceiling" in target:
+        met = met and fraction is not None and fraction >= target["fraction_of_ceiling"]
+    return {"target": dict(target), "meets_target": bool(met)}
+
+
+def phase_document(
+    before: Mapping[str, float],
+    after: Mapping[str, float],
+    batches: int,
+    alerts: int,
+    rate: float,
+) -> dict[str, Any]:
+    """The latency phase: its rate, batching and per-stage cost (stage totals after - before)."""
+    per_alert = 1000 / alerts if alerts else 0.0
+    return {
+        "rate_alerts_per_s": round(rate, 1),
+        "alerts": alerts,
+        "batches": batches,
+        "mean_batch_alerts": round(alerts / batches, 1) if batches else None,
+        "stages_ms_per_alert": {
+            name: round((after[name] - before.get(name, 0.0)) * per_alert, 3) for name in after
+        },
+    }
+
+
+def scenario_document(
+    scenario: str,
+    alerts: int,
+    wall_seconds: float,
+    stages: Mapping[str, float],
+    latencies: Sequence[float],
+    workers: WorkerCost | None,
+    latency_phase: Mapping[str, Any] | None = None,
+    cpu: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One scenario's JSON: throughput, latency, stages, CPU use, ceiling and target."""
+    sustained = alerts / wall_seconds if wall_seconds > 0 else 0.0
+    ceiling = workers.ceiling_alerts_per_s if workers else None
+    fraction = sustained / ceiling if ceiling else None
+    document: dict[str, Any] = {
+        "alerts": alerts,
+        "sustained_alerts_per_s": round(sustained, 1),
+        "latency_ms": latency_summary(latencies),
+        "latency_phase": dict(latency_phase or {}),
+        "stages_seconds": stage_breakdown(stages, wall_seconds, alerts, workers),
+        "cpu_during_backlog": dict(cpu or {}),
+    }
+    if scenario == "models":
+        document["model_only_ceiling_alerts_per_s"] = None if ceiling is None else round(ceiling, 1)
+        document["fraction_of_ceiling"] = None if fraction is None else round(fraction, 3)
+    document.update(target_check(scenario, sustained, fraction))
+    return document

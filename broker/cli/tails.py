@@ -1,0 +1,355 @@
+"""`nightjar tails simulate|train|frames|evaluate`: Tails comet detection with our own detector.
+
+simulate: seeded triplets (.npz shards) or whole synthetic quadrants (FITS). train: a detector
+-> ONNX + card. frames: quadrant FITS (local, URLs or a ZTF exposure name) -> CSV + PNGs.
+evaluate: a held-out simulated set -> evaluation.json + figures (and the model card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from broker.errors import ConfigError
+from broker.settings import load_settings
+from broker.tails.contract import PRODUCTION_THRESHOLD
+from broker.tails.detector import DEFAULT_MODEL, Provider
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CACHE = Path(".nightjar/tails/images")
+IMAGE_SUFFIXES = (".fits", ".fits.fz", ".fits.gz", ".fz")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "tails", help="Tails comet detection: simulate, train, evaluate, run on frames"
+    )
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _simulate_parser(actions)
+    _train_parser(actions)
+    _frames_parser(actions)
+    _evaluate_parser(actions)
+    parser.set_defaults(run=run)
+
+
+def _simulate_parser(actions: argparse._SubParsersAction) -> None:
+    sim = actions.add_parser("simulate", help="write seeded synthetic triplets (.npz shards)")
+    sim.add_argument("--n", type=_count, default=None, help="number of triplets")
+    sim.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    sim.add_argument("--seed", type=_count, default=0, help="random seed (default 0)")
+    sim.add_argument(
+        "--placement",
+        choices=("stamp", "box"),
+        default="stamp",
+        help="stamp: 63 px alert cutouts centred on the detection; box: 256 px frame boxes",
+    )
+    sim.add_argument("--comet-fraction", type=_fraction, default=0.5)
+    sim.add_argument(
+        "--quadrants",
+        type=_count,
+        default=None,
+        help="instead: this many whole synthetic quadrants as FITS triplets + truth.csv",
+    )
+    sim.add_argument("--comets", type=_count, default=5, help="comets per quadrant (default 5)")
+
+
+def _train_parser(actions: argparse._SubParsersAction) -> None:
+    train = actions.add_parser("train", help="train a detector; write <name>.onnx + <name>.json")
+    train.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    train.add_argument("--name", default="tails_default", help="file stem (default tails_default)")
+    train.add_argument("--n", type=_count, default=24_000, help="simulated training triplets")
+    train.add_argument("--seed", type=_count, default=1)
+    train.add_argument("--data", type=Path, default=None, help="train on these shards instead")
+    train.add_argument("--validation", type=_count, default=2_000, help="held-out triplets")
+    train.add_argument("--epochs", type=_positive, default=8)
+    train.add_argument("--batch", type=_positive, default=64)
+    train.add_argument("--learning-rate", type=float, default=3e-3)
+    train.add_argument("--comet-fraction", type=_fraction, default=0.4)
+    train.add_argument("--threads", type=_positive, default=2, help="TensorFlow threads")
+    train.add_argument(
+        "--widths",
+        default="16,16,32,32,32",
+        help="channels of the five convolution stages (default 16,16,32,32,32)",
+    )
+
+
+def _frames_parser(actions: argparse._SubParsersAction) -> None:
+    frames = actions.add_parser(
+        "frames", help="detect comets in whole quadrants (FITS: files, URLs or a folder)"
+    )
+    frames.add_argument(
+        "sources",
+        nargs="*",
+        metavar="SOURCE",
+        help="SCIENCE REFERENCE DIFFERENCE (paths or URLs), or one folder of "
+        "<stem>_sciimg/_refimg/_scimrefdiffimg FITS triplets",
+    )
+    frames.add_argument(
+        "--exposure",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a ZTF quadrant, e.g. ztf_20191014495961_000570_zr_c05_o_q3: images fetched "
+        "from the archive (repeatable)",
+    )
+    frames.add_argument("--archive-url", default=None, help="archive root (default: IRSA's)")
+    for kind in ("science", "reference", "difference"):
+        frames.add_argument(
+            f"--{kind}-template", default=None, help=f"URL template of the {kind} image"
+        )
+    frames.add_argument("--out", type=Path, default=Path("tails-detections"))
+    frames.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    frames.add_argument("--threshold", type=_fraction, default=PRODUCTION_THRESHOLD)
+    frames.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="downloaded images")
+    frames.add_argument("--threads", type=_positive, default=2)
+
+
+def _evaluate_parser(actions: argparse._SubParsersAction) -> None:
+    evaluate = actions.add_parser("evaluate", help="score a held-out simulated set")
+    evaluate.add_argument("--data", type=Path, required=True, help="shards (tails simulate)")
+    evaluate.add_argument("--out", type=Path, required=True, help="folder for JSON and PNGs")
+    evaluate.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    evaluate.add_argument("--threads", type=_positive, default=2)
+    evaluate.add_argument(
+        "--card", type=Path, default=None, help="also record the numbers in this model card"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    if args.action == "simulate":
+        return _simulate(args)
+    if args.action == "train":
+        return _train(args)
+    if args.action == "frames":
+        return _frames(args, settings.models.provider)
+    return _evaluate(args)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from broker.tails import quadrant, simulate
+
+    started = time.perf_counter()
+    if args.quadrants is not None:
+        return _simulate_quadrants(args, quadrant)
+    if args.n is None:
+        raise ConfigError("tails simulate needs --n (triplets) or --quadrants (FITS frames)")
+    data = simulate.simulate(args.n, args.seed, args.placement, args.comet_fraction)
+    command = (
+        f"nightjar tails simulate --n {args.n} --seed {args.seed} --placement {args.placement} "
+        f"--comet-fraction {args.comet_fraction:g} --out {args.out}"
+    )
+    summary = {"command": command, "seed": args.seed, "placement": args.placement}
+    paths = simulate.write(data, args.out, summary)
+    comets = int(data.is_comet.sum())
+    print(
+        f"wrote {len(data)} triplets ({comets} comets) in {len(paths)} shards to {args.out} "
+        f"in {time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _simulate_quadrants(args: argparse.Namespace, quadrant: Any) -> int:
+    rows: list[dict[str, Any]] = []
+    for index in range(args.quadrants):
+        seed = args.seed + index
+        stem = f"ztf_sim{seed:010d}_000000_zr_c01_o_q1"
+        frame = quadrant.simulate_quadrant(seed, comets=args.comets)
+        quadrant.write_fits(frame, args.out, stem)
+        rows.extend({"frame": stem, **comet} for comet in frame.comets)
+    truth = args.out / "truth.csv"
+    with truth.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["frame", "x", "y", "snr", "ra", "dec"])
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.quadrants} quadrants ({len(rows)} comets) to {args.out}; truth: {truth}")
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from broker.tails.network import Architecture
+    from broker.tails.train import TrainConfig, train
+
+    widths = _widths(args.widths)
+    source = f"--data {args.data}" if args.data else f"--n {args.n} --seed {args.seed}"
+    command = (
+        f"nightjar tails train {source} --validation {args.validation} --epochs {args.epochs} "
+        f"--batch {args.batch} --learning-rate {args.learning_rate:g} "
+        f"--comet-fraction {args.comet_fraction:g} --threads {args.threads} "
+        f"--widths {','.join(map(str, widths))} --name {args.name} --out {args.out}"
+    )
+    config = TrainConfig(
+        out=args.out,
+        name=args.name,
+        n=args.n,
+        seed=args.seed,
+        data=args.data,
+        validation=args.validation,
+        comet_fraction=args.comet_fraction,
+        epochs=args.epochs,
+        batch=args.batch,
+        learning_rate=args.learning_rate,
+        threads=args.threads,
+        architecture=Architecture(widths),
+        command=command,
+    )
+    card = train(config)
+    onnx = card["onnx"]
+    print(
+        f"wrote {args.out / (args.name + '.onnx')} ({onnx['bytes']} bytes, sha256 "
+        f"{onnx['sha256']}) in {card['training']['training_seconds']:.0f} s of training; "
+        f"max |ONNX - TF| {onnx['max_abs_diff_stamps']:.2g} (stamps), "
+        f"{onnx['max_abs_diff_boxes']:.2g} (boxes)"
+    )
+    return 0
+
+
+def _frames(args: argparse.Namespace, provider: Provider) -> int:
+    from broker.tails import frames, images
+    from broker.tails.detector import Detector
+
+    triplets = _frame_sources(args, images)
+    detector = Detector(args.model, threads=args.threads, provider=provider)
+    total = 0
+    for sources in triplets:
+        frame = images.load_frame(sources, args.cache)
+        found = frames.detect(detector, frame, args.threshold)
+        path = frames.write(found, frame, args.out)
+        total += len(found)
+        print(f"{frame.name}: {len(found)} detections -> {path}")
+    print(f"{total} detections in {len(triplets)} frames")
+    return 0
+
+
+def _frame_sources(args: argparse.Namespace, images: Any) -> list[tuple[str, str, str]]:
+    templates = {
+        kind: value
+        for kind in ("science", "reference", "difference")
+        if (value := getattr(args, f"{kind}_template")) is not None
+    }
+    base = args.archive_url or images.IRSA
+    triplets = []
+    for name in args.exposure:
+        urls = images.exposure_urls(name, base, templates)
+        triplets.append((urls["science"], urls["reference"], urls["difference"]))
+    if len(args.sources) == 3:
+        triplets.append(tuple(args.sources))
+    elif len(args.sources) == 1 and Path(args.sources[0]).is_dir():
+        triplets.extend(folder_triplets(Path(args.sources[0])))
+    elif args.sources:
+        raise ConfigError(
+            "tails frames takes SCIENCE REFERENCE DIFFERENCE, one folder of triplets, or "
+            f"--exposure NAME; got {len(args.sources)} paths ({' '.join(args.sources)})"
+        )
+    if not triplets:
+        raise ConfigError("tails frames: nothing to do (give images, a folder or --exposure)")
+    return triplets
+
+
+def folder_triplets(folder: Path) -> list[tuple[str, str, str]]:
+    """<stem>_sciimg.* files with their <stem>_refimg.* and <stem>_scimrefdiffimg.* siblings."""
+    triplets = []
+    for science in sorted(folder.glob("*_sciimg.fits*")):
+        stem = science.name.split("_sciimg")[0]
+        reference = _sibling(folder, stem, "refimg")
+        difference = _sibling(folder, stem, "scimrefdiffimg")
+        triplets.append((str(science), str(reference), str(difference)))
+    if not triplets:
+        raise ConfigError(f"{folder} holds no <stem>_sciimg.fits files")
+    return triplets
+
+
+def _sibling(folder: Path, stem: str, suffix: str) -> Path:
+    for extension in IMAGE_SUFFIXES:
+        path = folder / f"{stem}_{suffix}{extension}"
+        if path.is_file():
+            return path
+    raise ConfigError(f"{folder}: {stem}_sciimg has no {stem}_{suffix}.fits[.fz|.gz] beside it")
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from broker.tails.evaluate import evaluate
+
+    try:
+        summary = evaluate(args.model, args.data, args.out, args.threads)
+    except FileNotFoundError as exc:
+        raise ConfigError(str(exc)) from exc
+    point = summary["operating_points"]["fpr_0.001"]
+    rms = summary["position_rms_px"]["snr_ge_10_all"]
+    print(
+        f"{summary['examples']} triplets ({summary['comets']} comets): "
+        f"recall {point['recall']:.4f} "
+        f"(SNR >= 10: {point['recall_snr_ge_10']:.4f}) at FPR {point['fpr']:.4f}; position RMS "
+        f"(SNR >= 10) {rms:.2f} px; {summary['cpu_ms_per_example_1_thread']:.3f} ms per "
+        f"triplet on 1 CPU thread -> {args.out / 'evaluation.json'}"
+    )
+    if args.card is not None:
+        _record(args, summary)
+    return 0
+
+
+def _record(args: argparse.Namespace, summary: dict[str, Any]) -> None:
+    """Merge the evaluation (and the commands that made its data) into a model card."""
+    try:
+        card = json.loads(args.card.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--card {args.card} is not a readable JSON model card: {exc}") from exc
+    data_info = args.data / "dataset.json"
+    dataset = json.loads(data_info.read_text()) if data_info.is_file() else {}
+    keep = (
+        "examples",
+        "comets",
+        "negatives",
+        "image_size",
+        "roc_auc",
+        "operating_points",
+        "position_rms_px",
+        "recall_vs_snr",
+        "false_positive_rate_by_kind",
+        "cpu_ms_per_example_1_thread",
+    )
+    entry = {key: summary[key] for key in keep}
+    entry["data_command"] = dataset.get("command")
+    entry["command"] = (
+        f"nightjar tails evaluate --data {args.data} --model {args.model} --out {args.out}"
+    )
+    card.setdefault("evaluation", {})[f"{summary['image_size']}px"] = entry
+    args.card.write_text(json.dumps(card, indent=2) + "\n")
+    print(f"recorded the evaluation in {args.card}")
+
+
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--widths {text!r}: five comma-separated integers") from None
+    if len(widths) != 5 or min(widths) <= 0:
+        raise ConfigError(f"--widths {text!r}: five positive comma-separated integers")
+    return widths
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, not {value}")
+    return value
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], not {value}")
+    return value

@@ -1,0 +1,350 @@
+"""The main loop: poll -> decode -> history -> dispatch -> store -> filter -> publish -> commit.
+
+Batches are scored on Dask while the next ones are read; they are finished strictly in
+the order they were read, so committing a batch's offsets never skips an unfinished one.
+At most `dispatch.max_in_flight` batches are out; beyond that the partitions are paused.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from confluent_kafka import Message
+
+from broker import history
+from broker.consume import AlertConsumer, Offsets
+from broker.decode import Decoder
+from broker.dispatch import Dispatcher
+from broker.errors import BadAlert, TransientError
+from broker.metrics import (
+    ANNOTATIONS,
+    BATCH_SIZE,
+    IN_FLIGHT,
+    MODEL_SKIPS,
+    REJECTED,
+    STAGE_SECONDS,
+    STORED,
+)
+from broker.publish import Publisher
+from broker.records import Alert, AlertResult, Origin, Rejection, ScoringInput
+from broker.store import AlertDocument, Store, object_key
+
+log = logging.getLogger(__name__)
+
+WORKER_ATTEMPTS = 3
+RETRY_BACKOFF_MAX = 30.0
+
+
+class FilterRunner(Protocol):
+    def run(self, docs: Sequence[Mapping[str, Any]]) -> Sequence[Any]: ...
+
+
+@dataclass
+class Batch:
+    """Messages read together, finished together, committed together."""
+
+    alerts: list[Alert] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    source_ts: list[int | None] = field(default_factory=list)
+    offsets: Offsets = field(default_factory=dict)
+    stored_history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    inputs: list[ScoringInput] = field(default_factory=list)
+    future: Any = None
+    attempts: int = 0
+    read_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        return len(self.alerts) + len(self.rejections)
+
+
+@dataclass
+class RunStats:
+    messages: int = 0
+    stored: int = 0
+    rejected: int = 0
+    batches: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    def __init__(
+        self,
+        decoder: Decoder,
+        consumer_factory: Any,
+        dispatcher: Dispatcher,
+        store: Store,
+        publisher: Publisher,
+        batch_size: int,
+        batch_seconds: float,
+        max_in_flight: int,
+        filters: FilterRunner | None = None,
+        filter_topic: Any = None,
+    ) -> None:
+        self.decoder = decoder
+        self.dispatcher = dispatcher
+        self.store = store
+        self.publisher = publisher
+        self.batch_size = batch_size
+        self.batch_seconds = batch_seconds
+        self.max_in_flight = max_in_flight
+        self.filters = filters
+        self.filter_topic = filter_topic
+        self.in_flight: deque[Batch] = deque()
+        self.stats = RunStats()
+        self.consumer: AlertConsumer = consumer_factory(self._on_revoke)
+
+    def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> RunStats:
+        """Process until `stop` is set, or the topics stay empty for `exit_when_idle` s."""
+        last_message = time.monotonic()
+        try:
+            while not stop.is_set():
+                self._finish_ready()
+                if len(self.in_flight) >= self.max_in_flight:
+                    self.consumer.pause()
+                    self._finish_oldest(timeout=self.batch_seconds)
+                    continue
+                self.consumer.resume()
+                batch = self._read()
+                if batch.size:
+                    last_message = time.monotonic()
+                    self._submit(batch)
+                elif not self.in_flight and _idle(last_message, exit_when_idle):
+                    log.info("no message for %.0f s: exiting", exit_when_idle)
+                    break
+            self.drain()
+        finally:
+            self.consumer.close()
+        return self.stats
+
+    def drain(self) -> None:
+        """Finish every batch in flight (shutdown, or partitions being revoked)."""
+        while self.in_flight:
+            self._finish_oldest(timeout=None)
+
+    # -- reading --------------------------------------------------------------
+
+    def _read(self) -> Batch:
+        started = time.perf_counter()
+        messages = self.consumer.poll_batch(self.batch_size, self.batch_seconds)
+        batch = Batch()
+        for message in messages:
+            self._decode_into(batch, message)
+        if batch.size:
+            self._timed("decode", started)
+            BATCH_SIZE.observe(batch.size)
+            self.stats.messages += batch.size
+        return batch
+
+    def _decode_into(self, batch: Batch, message: Message) -> None:
+        origin = Origin(message.topic() or "", message.partition() or 0, message.offset() or 0)
+        batch.offsets[(origin.topic, origin.partition)] = origin.offset + 1
+        raw = message.value() or b""
+        try:
+            alert = self.decoder.decode(raw, origin)
+        except BadAlert as exc:
+            batch.rejections.append(Rejection(exc.reason, exc.detail, raw, origin))
+            return
+        ts_type, ts = message.timestamp()
+        batch.alerts.append(alert)
+        batch.source_ts.append(ts if ts_type else None)
+        log.debug("read %s %s at %s", alert.candid, alert.object_id, origin)
+
+    # -- scoring --------------------------------------------------------------
+
+    def _submit(self, batch: Batch) -> None:
+        started = time.perf_counter()
+        batch.stored_history = self._retrying("history", self.store.read_history, batch.alerts)
+        self._timed("history", started)
+        batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
+        if batch.inputs:
+            batch.future = self.dispatcher.submit(batch.inputs)
+        self.in_flight.append(batch)
+        IN_FLIGHT.set(len(self.in_flight))
+
+    def _finish_ready(self) -> None:
+        while self.in_flight and _done(self.in_flight[0]):
+            self._finish_oldest(timeout=None)
+
+    def _finish_oldest(self, timeout: float | None) -> None:
+        batch = self.in_flight[0]
+        results = self._results(batch, timeout)
+        if results is None:
+            return  # not finished within timeout
+        self._finalize(batch, results)
+        self.in_flight.popleft()
+        IN_FLIGHT.set(len(self.in_flight))
+
+    def _results(self, batch: Batch, timeout: float | None) -> list[AlertResult] | None:
+        if batch.future is None:
+            return []
+        try:
+            results: list[AlertResult] = batch.future.result(timeout=timeout)
+        except TimeoutError:
+            return None
+        except Exception as exc:  # a worker died or the task raised: retry, then pass through
+            batch.attempts += 1
+            if batch.attempts < WORKER_ATTEMPTS:
+                log.warning(
+                    "batch of %d failed on the workers (%s): retrying", len(batch.inputs), exc
+                )
+                batch.future = self.dispatcher.submit(batch.inputs)
+                return None
+            log.error(
+                "batch of %d failed %d times on the workers (%s): stored without scores",
+                len(batch.inputs),
+                batch.attempts,
+                exc,
+            )
+            return [AlertResult(i.candid, skipped=(), rejected=None) for i in batch.inputs]
+        return results
+
+    # -- finishing ------------------------------------------------------------
+
+    def _finalize(self, batch: Batch, results: list[AlertResult]) -> None:
+        """Store, filter, publish, then commit: the batch's offsets move last."""
+        alerts, kept, source_ts, rejections = split_results(batch, results)
+        started = time.perf_counter()
+        docs: list[AlertDocument] = self._retrying(
+            "store", self._store, alerts, kept, batch, rejections
+        )
+        self._timed("store", started)
+        started = time.perf_counter()
+        self._retrying("publish", self._publish, alerts, kept, source_ts, rejections, docs)
+        self._timed("publish", started)
+        started = time.perf_counter()
+        self._retrying("commit", self.consumer.commit, batch.offsets)
+        self._timed("commit", started)
+        self._count(alerts, kept, rejections)
+        STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)
+        log.info(
+            "batch: %d messages, %d stored, %d rejected, %.2f s since read",
+            batch.size, len(alerts), len(rejections), time.monotonic() - batch.read_at,
+        )  # fmt: skip
+
+    def _store(
+        self,
+        alerts: list[Alert],
+        results: list[AlertResult],
+        batch: Batch,
+        rejections: list[Rejection],
+    ) -> list[AlertDocument]:
+        docs = self.store.write(alerts, results, batch.stored_history)
+        self.store.write_rejections(rejections)
+        return docs
+
+    def _publish(
+        self,
+        alerts: list[Alert],
+        results: list[AlertResult],
+        source_ts: list[int | None],
+        rejections: list[Rejection],
+        docs: list[AlertDocument],
+    ) -> None:
+        encoded = self.publisher.publish(alerts, results, source_ts)
+        if self.filters is not None and docs:
+            # The documents just stored, matched in-process: no read back from MongoDB.
+            for match in self.filters.run(docs):
+                self.publisher.send_to(
+                    self.filter_topic(match.filter),
+                    encoded[match.alert_id],
+                    match.object_id.encode(),
+                )
+        self.publisher.dead_letter(rejections)
+        self.publisher.flush()
+
+    def _count(
+        self, alerts: list[Alert], results: list[AlertResult], rejections: list[Rejection]
+    ) -> None:
+        self.stats.batches += 1
+        self.stats.stored += len(alerts)
+        self.stats.rejected += len(rejections)
+        for alert, result in zip(alerts, results, strict=True):
+            STORED.labels(alert.survey).inc()
+            for annotation in result.annotations:
+                ANNOTATIONS.labels(annotation.model).inc()
+            for skip in result.skipped:
+                MODEL_SKIPS.labels(skip.model, skip.reason[:40]).inc()
+        for rejection in rejections:
+            REJECTED.labels(rejection.survey or "unknown", rejection.reason).inc()
+
+    def _retrying(self, stage: str, func: Any, *args: Any) -> Any:
+        """Retry a stage on TransientError with capped backoff; the batch stays uncommitted."""
+        delay = 0.5
+        while True:
+            try:
+                return func(*args)
+            except TransientError as exc:
+                log.warning("%s failed (%s): retrying in %.1f s", stage, exc, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, RETRY_BACKOFF_MAX)
+
+    def _timed(self, stage: str, started: float) -> None:
+        elapsed = time.perf_counter() - started
+        STAGE_SECONDS.labels(stage).observe(elapsed)
+        self.stats.stage_seconds[stage] = self.stats.stage_seconds.get(stage, 0.0) + elapsed
+
+    def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
+        if self.in_flight:
+            log.info("partitions revoked: finishing %d batches in flight", len(self.in_flight))
+            self.drain()
+
+
+def scoring_input(alert: Alert, stored: dict[str, list[dict[str, Any]]]) -> ScoringInput:
+    """What the workers need: the packet's history merged with the stored light curve."""
+    merged = history.merge(
+        alert.survey,
+        alert.history,
+        stored.get(object_key(alert.survey, alert.object_id), ()),
+        exclude_id=alert.candid,
+    )
+    return ScoringInput(
+        survey=alert.survey,
+        candid=alert.candid,
+        object_id=alert.object_id,
+        ra=alert.ra,
+        dec=alert.dec,
+        jd=alert.jd,
+        candidate=alert.candidate,
+        history=merged,
+        cutouts=alert.cutouts,
+        schema_version=alert.schema_version,
+    )
+
+
+def split_results(
+    batch: Batch, results: list[AlertResult]
+) -> tuple[list[Alert], list[AlertResult], list[int | None], list[Rejection]]:
+    """Alerts to store with their results and source timestamps, and every rejection."""
+    if len(results) != len(batch.alerts):
+        raise RuntimeError(f"workers returned {len(results)} results for {len(batch.alerts)}")
+    alerts: list[Alert] = []
+    kept: list[AlertResult] = []
+    source_ts: list[int | None] = []
+    rejections = list(batch.rejections)
+    for alert, result, ts in zip(batch.alerts, results, batch.source_ts, strict=True):
+        if result.rejected is None:
+            alerts.append(alert)
+            kept.append(result)
+            source_ts.append(ts)
+            continue
+        reason, detail = result.rejected
+        rejections.append(
+            Rejection(reason, detail, alert.raw, alert.origin, alert.survey, alert.candid,
+                      alert.object_id)
+        )  # fmt: skip
+    return alerts, kept, source_ts, rejections
+
+
+def _done(batch: Batch) -> bool:
+    return batch.future is None or batch.future.done()
+
+
+def _idle(last_message: float, exit_when_idle: float | None) -> bool:
+    return exit_when_idle is not None and time.monotonic() - last_message >= exit_when_idle

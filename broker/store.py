@@ -1,0 +1,268 @@
+"""Store stage: annotated alerts, object light curves and rejections into MongoDB.
+
+Input: alerts with their worker results, and rejections. Output: documents in `alerts`
+(one per alert, _id "<survey>:<candid>"), `objects` (light curve per object) and `rejected`.
+Every write is idempotent, so replaying a topic or re-running a batch after a crash adds
+no duplicate; the history of a batch is read with one query.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypedDict
+
+import pymongo
+from pymongo.database import Database
+from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
+
+from broker import __version__, history
+from broker.errors import TransientError
+from broker.records import Alert, AlertResult, Rejection
+from broker.settings import Settings
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_KEY = 11000
+# Top-level packet fields that are histories: kept as light-curve points on the object,
+# not copied into every alert document (they repeat from one alert to the next).
+HISTORY_FIELDS = frozenset(
+    {"prv_candidates", "fp_hists", "prvDiaSources", "prvDiaForcedSources",
+     "prvDiaNondetectionLimits"}
+)  # fmt: skip
+
+
+class AlertDocument(TypedDict):
+    _id: str
+    survey: str
+    candid: int
+    objectId: str
+    ra: float
+    dec: float
+    jd: float
+    schema_version: str
+    candidate: dict[str, Any]
+    packet: dict[str, Any]
+    cutouts: dict[str, bytes]
+    annotations: dict[str, dict[str, Any]]
+    skipped: dict[str, str]
+    broker: str
+    ingested_at: datetime
+    origin: dict[str, Any] | None
+
+
+class RejectedDocument(TypedDict):
+    _id: str
+    reason: str
+    detail: str
+    raw: bytes
+    survey: str | None
+    candid: int | None
+    objectId: str | None
+    origin: dict[str, Any] | None
+    rejected_at: datetime
+
+
+def connect(settings: Settings) -> Database[Any]:
+    """The configured database (connection checked lazily by the first command)."""
+    client: pymongo.MongoClient[Any] = pymongo.MongoClient(
+        settings.mongo_uri(),
+        serverSelectionTimeoutMS=settings.mongo.timeout_ms,
+        connectTimeoutMS=settings.mongo.timeout_ms,
+        appname=f"nightjar {__version__}",
+    )
+    return client[settings.mongo.database]
+
+
+class Store:
+    """MongoDB reads and writes of the pipeline; MongoDB and FerretDB alike."""
+
+    def __init__(self, db: Database[Any]) -> None:
+        self.db = db
+        self.alerts = db["alerts"]
+        self.objects = db["objects"]
+        self.rejected = db["rejected"]
+
+    def ensure_indexes(self) -> None:
+        try:
+            self.alerts.create_index(
+                [("survey", 1), ("candid", 1)], unique=True, name="survey_candid"
+            )
+            self.alerts.create_index([("objectId", 1)], name="object")
+        except PyMongoError as exc:
+            raise TransientError(f"MongoDB at {self._where()} is not usable: {exc}") from exc
+
+    def read_history(self, alerts: Sequence[Alert]) -> dict[str, list[dict[str, Any]]]:
+        """Stored light-curve points of every object in the batch, in one query."""
+        keys = sorted({object_key(a.survey, a.object_id) for a in alerts})
+        if not keys:
+            return {}
+        with _transient("read history"):
+            cursor = self.objects.find({"_id": {"$in": keys}}, {"lightcurve": 1})
+            return {doc["_id"]: list(doc.get("lightcurve") or []) for doc in cursor}
+
+    def write(
+        self,
+        alerts: Sequence[Alert],
+        results: Sequence[AlertResult],
+        stored_history: Mapping[str, Sequence[Mapping[str, Any]]],
+    ) -> list[AlertDocument]:
+        """Insert alert documents (existing ones are kept) and extend object light curves.
+
+        Returns the documents built for this batch, in the order of `alerts`: the filter
+        stage matches them in-process instead of reading them back.
+        """
+        if not alerts:
+            return []
+        now = datetime.now(UTC)
+        docs = [alert_document(a, r, now) for a, r in zip(alerts, results, strict=True)]
+        with _transient("store alerts"):
+            _insert_ignoring_duplicates(self.alerts, docs)
+        updates = object_updates(alerts, stored_history)
+        if updates:
+            with _transient("update objects"):
+                self.objects.bulk_write(updates, ordered=False)
+        return docs
+
+    def write_rejections(self, rejections: Sequence[Rejection]) -> None:
+        if not rejections:
+            return
+        now = datetime.now(UTC)
+        with _transient("store rejections"):
+            _insert_ignoring_duplicates(
+                self.rejected, [rejected_document(r, now) for r in rejections]
+            )
+
+    def _where(self) -> str:
+        return str(self.db.client.address or "(not connected)")
+
+
+def object_key(survey: str, object_id: str) -> str:
+    return f"{survey}:{object_id}"
+
+
+def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDocument:
+    packet = {
+        name: history.clean(value)
+        for name, value in alert.packet.items()
+        if name not in HISTORY_FIELDS and not _is_cutout(value) and value is not alert.candidate
+    }
+    return AlertDocument(
+        _id=alert.key,
+        survey=alert.survey,
+        candid=alert.candid,
+        objectId=alert.object_id,
+        ra=alert.ra,
+        dec=alert.dec,
+        jd=alert.jd,
+        schema_version=alert.schema_version,
+        candidate=history.clean(dict(alert.candidate)),
+        packet=packet,
+        cutouts={
+            "science": alert.cutouts.science,
+            "template": alert.cutouts.template,
+            "difference": alert.cutouts.difference,
+        },
+        annotations={
+            a.model: {"score": history.clean_value(a.score), "version": a.version, **a.extra}
+            for a in result.annotations
+        },
+        skipped={s.model: s.reason for s in result.skipped},
+        broker=f"nightjar {__version__}",
+        ingested_at=now,
+        origin=_origin(alert.origin),
+    )
+
+
+def object_updates(
+    alerts: Iterable[Alert], stored_history: Mapping[str, Sequence[Mapping[str, Any]]]
+) -> list[pymongo.UpdateOne]:
+    """One upsert per object, adding only the points not stored yet."""
+    new_points: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+    times: dict[str, list[float]] = {}
+    latest: dict[str, Alert] = {}
+    for alert in alerts:
+        key = object_key(alert.survey, alert.object_id)
+        known = {history.point_key(alert.survey, p) for p in stored_history.get(key, ())}
+        bucket = new_points.setdefault(key, {})
+        for point in history.alert_points(alert):
+            point_id = history.point_key(alert.survey, point)
+            if point_id not in known:
+                bucket[point_id] = point
+        times.setdefault(key, []).append(alert.jd)
+        if key not in latest or alert.jd >= latest[key].jd:
+            latest[key] = alert
+    updates = []
+    for key, points in new_points.items():
+        if not points:
+            continue
+        alert = latest[key]
+        updates.append(
+            pymongo.UpdateOne(
+                {"_id": key},
+                {
+                    "$setOnInsert": {"survey": alert.survey, "objectId": alert.object_id},
+                    "$set": {"ra": alert.ra, "dec": alert.dec},
+                    "$addToSet": {"lightcurve": {"$each": list(points.values())}},
+                    "$min": {"first_alert_jd": min(times[key])},
+                    "$max": {"last_alert_jd": max(times[key])},
+                },
+                upsert=True,
+            )
+        )
+    return updates
+
+
+def rejected_document(rejection: Rejection, now: datetime) -> RejectedDocument:
+    # Keyed by where the message was read, so a replayed bad message is stored once.
+    ident = str(rejection.origin) if rejection.origin else f"raw:{hash(rejection.raw):x}"
+    return RejectedDocument(
+        _id=ident,
+        reason=rejection.reason,
+        detail=rejection.detail,
+        raw=rejection.raw,
+        survey=rejection.survey,
+        candid=rejection.candid,
+        objectId=rejection.object_id,
+        origin=_origin(rejection.origin),
+        rejected_at=now,
+    )
+
+
+def _origin(origin: Any) -> dict[str, Any] | None:
+    if origin is None:
+        return None
+    return {"topic": origin.topic, "partition": origin.partition, "offset": origin.offset}
+
+
+def _is_cutout(value: Any) -> bool:
+    if isinstance(value, bytes):
+        return True
+    return isinstance(value, Mapping) and any(isinstance(v, bytes) for v in value.values())
+
+
+def _insert_ignoring_duplicates(collection: Any, docs: Sequence[Mapping[str, Any]]) -> None:
+    try:
+        collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        others = [e for e in errors if e.get("code") != DUPLICATE_KEY]
+        if others:
+            raise TransientError(f"{len(others)} writes failed, first: {others[0]}") from exc
+
+
+class _transient:
+    """Turns connection-level MongoDB failures into TransientError (the batch is retried)."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: Any
+    ) -> None:
+        if isinstance(exc, ConnectionFailure):
+            raise TransientError(f"{self.what}: MongoDB unreachable: {exc}") from exc

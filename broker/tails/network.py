@@ -1,0 +1,125 @@
+"""The detector Nightjar trains: a small fully convolutional heat-map net with the Tails head.
+
+Input: (N, H, W, 3) Tails-normalised triplets of any size (63 px alert stamps, 256 px boxes).
+Output: (N, 3) [p_comet, x_rel, y_rel]: p = sigmoid(max of the class map), position = mean of
+cell centres plus regressed offsets weighted by softmax(location map), over the input size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+STRIDE = 4  # input pixels per heat-map cell
+INPUT_NAME = "triplet"
+OUTPUT_NAME = "tails"
+
+
+@dataclass(frozen=True, slots=True)
+class Architecture:
+    """Widths of the convolution stages; the default costs ~10 MMAC on a 63 px stamp."""
+
+    widths: tuple[int, ...] = (16, 16, 32, 32, 32)
+
+    def describe(self) -> dict[str, Any]:
+        return {"widths": list(self.widths), "stride": STRIDE, "kind": "heatmap-fcn"}
+
+
+def build_body(tf: Any, arch: Architecture) -> Any:
+    """Conv stages: 5x5/2, 3x3, 3x3/2, then dilated 3x3 (2 and 4): ~60 px receptive field.
+
+    Explicit symmetric padding + 'valid' convolutions keep cell j centred on input pixel
+    STRIDE * j for odd and even input sizes alike (TF's 'same' padding is not symmetric).
+    """
+    keras = _keras()
+    first, second, third, fourth, fifth = arch.widths
+    layers = keras.layers
+    relu = "relu"
+    return keras.Sequential(
+        [
+            layers.InputLayer(input_shape=(None, None, 3)),
+            layers.ZeroPadding2D(2),
+            layers.Conv2D(first, 5, strides=2, activation=relu),
+            layers.ZeroPadding2D(1),
+            layers.Conv2D(second, 3, activation=relu),
+            layers.ZeroPadding2D(1),
+            layers.Conv2D(third, 3, strides=2, activation=relu),
+            layers.ZeroPadding2D(2),
+            layers.Conv2D(fourth, 3, dilation_rate=2, activation=relu),
+            layers.ZeroPadding2D(4),
+            layers.Conv2D(fifth, 3, dilation_rate=4, activation=relu),
+            # Channels: class logit, location logit, x and y offsets (in cells).
+            layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant([-4.0, 0, 0, 0])),
+        ],
+        name="tails_body",
+    )
+
+
+def _keras() -> Any:
+    import tf_keras
+
+    return tf_keras
+
+
+def scale_input(tf: Any, triplet: Any) -> Any:
+    """Per-pixel unit RMS (x sqrt(H W)), compressed with asinh so stars do not dominate."""
+    shape = tf.shape(triplet)
+    pixels = tf.cast(shape[1] * shape[2], tf.float32)
+    return tf.math.asinh(triplet * tf.sqrt(pixels))
+
+
+def cell_grid(tf: Any, maps: Any) -> tuple[Any, Any]:
+    """Pixel coordinates (x, y) of every cell centre, flattened like the heat map."""
+    shape = tf.shape(maps)
+    rows, cols = shape[1], shape[2]
+    xs = tf.cast(tf.range(cols), tf.float32) * STRIDE
+    ys = tf.cast(tf.range(rows), tf.float32) * STRIDE
+    grid_x = tf.reshape(tf.tile(xs[None, :], [rows, 1]), [-1])
+    grid_y = tf.reshape(tf.tile(ys[:, None], [1, cols]), [-1])
+    return grid_x, grid_y
+
+
+def head(tf: Any, maps: Any, triplet: Any) -> tuple[Any, Any, Any, Any]:
+    """(outputs (N, 3), class logits (N, cells), location logits (N, cells), positions in
+    pixels (N, 2)). Separate maps: a class target peaks at 1 wherever the comet falls, while
+    the location map is a distribution over cells."""
+    batch = tf.shape(maps)[0]
+    heat = tf.reshape(maps[..., 0], [batch, -1])
+    where = tf.reshape(maps[..., 1], [batch, -1])
+    offset_x = tf.reshape(maps[..., 2], [batch, -1]) * STRIDE
+    offset_y = tf.reshape(maps[..., 3], [batch, -1]) * STRIDE
+    grid_x, grid_y = cell_grid(tf, maps)
+    weights = tf.nn.softmax(where, axis=1)
+    x = tf.reduce_sum(weights * (grid_x[None, :] + offset_x), axis=1)
+    y = tf.reduce_sum(weights * (grid_y[None, :] + offset_y), axis=1)
+    size = tf.cast(tf.shape(triplet), tf.float32)
+    score = tf.sigmoid(tf.reduce_max(heat, axis=1))
+    x_rel = tf.clip_by_value(x / size[2], 0.0, 1.0)
+    y_rel = tf.clip_by_value(y / size[1], 0.0, 1.0)
+    outputs = tf.stack([score, x_rel, y_rel], axis=1)
+    return outputs, heat, where, tf.stack([x, y], axis=1)
+
+
+def serving_function(tf: Any, body: Any) -> Any:
+    """The exported graph: any (N, H, W, 3) float32 input named `triplet` -> (N, 3)."""
+    signature = [tf.TensorSpec((None, None, None, 3), tf.float32, name=INPUT_NAME)]
+
+    @tf.function(input_signature=signature)
+    def serve(triplet: Any) -> Any:
+        outputs, _, _, _ = head(tf, body(scale_input(tf, triplet), training=False), triplet)
+        return {OUTPUT_NAME: outputs}
+
+    return serve, signature
+
+
+def multiply_accumulates(arch: Architecture, size: int) -> int:
+    """Multiply-accumulates of one forward pass on a size x size input (for the card)."""
+    first, second, third, fourth, fifth = arch.widths
+    half = (size - 1) // 2 + 1
+    quarter = (half - 1) // 2 + 1
+    return (
+        half * half * 25 * 3 * first
+        + half * half * 9 * first * second
+        + quarter * quarter * 9 * (second * third + third * fourth + fourth * fifth)
+        + quarter * quarter * fifth * 4
+    )

@@ -1,0 +1,202 @@
+"""Simulated Tails training and test sets: seeded, reproducible ZTF-like triplets.
+
+Input: count, seed, image size ("stamp": 63 px alert cutouts centred on the detection, or
+"box": 256 px frame-mode boxes with subjects anywhere). Output: `Dataset` (float32 images in
+DN + labels is_comet, x, y, snr, kind, fwhm), written as .npz shards with a JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from broker.tails.canvas import Objects
+from broker.tails.contract import BOX, STAMP
+from broker.tails.field import Conditions, Layers, add_field, finish
+from broker.tails.subjects import (
+    COMET,
+    NEGATIVES,
+    SNR_RANGE,
+    add_comets,
+    add_negatives,
+    log_uniform,
+)
+
+Placement = Literal["stamp", "box"]
+CHUNK = 256  # images simulated together; fixed so a seed gives the same data at any n
+SHARD = 2000  # images per .npz file
+SUMMARY = "dataset.json"
+LABELS = ("is_comet", "x", "y", "snr", "kind", "fwhm")
+
+
+@dataclass
+class Dataset:
+    """Images (N, S, S, 3) float32 in DN and per-image labels (the comet's, else a negative's)."""
+
+    images: np.ndarray
+    is_comet: np.ndarray  # bool
+    x: np.ndarray  # column of the comet nucleus (or of the main negative), pixels
+    y: np.ndarray  # row
+    snr: np.ndarray  # matched-filter SNR in the difference (satellites: peak SNR)
+    kind: np.ndarray  # "comet" or a negative kind
+    fwhm: np.ndarray  # seeing, pixels
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def labels(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in LABELS}
+
+    @classmethod
+    def concatenate(cls, parts: list[Dataset]) -> Dataset:
+        if not parts:
+            raise ValueError("no data to concatenate")
+        fields = ("images", *LABELS)
+        return cls(*(np.concatenate([getattr(p, name) for p in parts]) for name in fields))
+
+
+def simulate(
+    n: int, seed: int, placement: Placement = "stamp", comet_fraction: float = 0.5
+) -> Dataset:
+    """`n` triplets; the same (n, seed, placement, comet_fraction) gives the same arrays."""
+    return Dataset.concatenate(list(iter_chunks(n, seed, placement, comet_fraction)))
+
+
+def iter_chunks(
+    n: int, seed: int, placement: Placement = "stamp", comet_fraction: float = 0.5
+) -> Iterator[Dataset]:
+    if n < 0 or seed < 0:
+        raise ValueError(f"n and seed must be >= 0, not n={n}, seed={seed}")
+    if not 0.0 <= comet_fraction <= 1.0:
+        raise ValueError(f"comet_fraction must be within [0, 1], not {comet_fraction}")
+    size = STAMP if placement == "stamp" else BOX
+    for chunk, start in enumerate(range(0, n, CHUNK)):
+        rng = np.random.default_rng([seed, chunk, size])
+        yield simulate_chunk(rng, min(CHUNK, n - start), size, placement, comet_fraction)
+
+
+def simulate_chunk(
+    rng: np.random.Generator, count: int, size: int, placement: Placement, comet_fraction: float
+) -> Dataset:
+    cond = Conditions.draw(rng, count)
+    layers = Layers.empty(count, (size, size))
+    add_field(rng, layers, cond)
+    is_comet = rng.permutation(np.arange(count) < round(comet_fraction * count))
+    truth = _negative_subjects(rng, layers, cond, is_comet, placement)
+    comets = np.flatnonzero(is_comet)
+    x, y = _positions(rng, len(comets), size, placement, centred=0.5)
+    snr = log_uniform(rng, *SNR_RANGE, len(comets))
+    subjects = Objects(comets, x, y, {})
+    add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
+    truth["x"][comets], truth["y"][comets], truth["snr"][comets] = x, y, snr
+    truth["kind"][comets] = COMET
+    _cosmic_rays(rng, layers, cond, size)
+    return Dataset(
+        finish(rng, layers, cond),
+        is_comet,
+        truth["x"].astype(np.float32),
+        truth["y"].astype(np.float32),
+        truth["snr"].astype(np.float32),
+        truth["kind"],
+        cond.fwhm.astype(np.float32),
+    )
+
+
+def _negative_subjects(
+    rng: np.random.Generator,
+    layers: Layers,
+    cond: Conditions,
+    is_comet: np.ndarray,
+    placement: Placement,
+) -> dict[str, np.ndarray]:
+    """One per comet-less stamp (what triggered the alert); about 0-4 in any box, as frames
+    hold other transients and artefacts beside a comet. Labels: each image's first one."""
+    count, size = len(cond.fwhm), layers.science.shape[1]
+    stamp = placement == "stamp"
+    numbers = (~is_comet).astype(int) if stamp else rng.poisson(1.5, count)
+    image = np.repeat(np.arange(count), numbers)
+    kinds = rng.choice(list(NEGATIVES), len(image), p=list(NEGATIVES.values()))
+    x, y = _positions(rng, len(image), size, placement, centred=0.8)
+    snr = log_uniform(rng, *SNR_RANGE, len(image))
+    got = add_negatives(rng, layers, cond, Objects(image, x, y, {}), kinds, snr)
+    truth = {
+        "x": np.full(count, np.nan),
+        "y": np.full(count, np.nan),
+        "snr": np.zeros(count),
+        "kind": np.full(count, "empty", dtype="<U16"),
+    }
+    first = np.unique(image, return_index=True)[1]  # each image's first subject
+    for name, values in (("x", x), ("y", y), ("snr", got), ("kind", kinds)):
+        truth[name][image[first]] = values[first]
+    return truth
+
+
+def _positions(
+    rng: np.random.Generator, count: int, size: int, placement: Placement, centred: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stamps: mostly at the centre (ZTF centres the cutout on the detection), the rest
+    anywhere so the detector learns positions; boxes: anywhere, 4 pixels from the edge."""
+    x = rng.uniform(4.0, size - 5.0, count)
+    y = rng.uniform(4.0, size - 5.0, count)
+    if placement == "stamp":
+        near = rng.uniform(size=count) < centred
+        centre = (size - 1) / 2.0
+        jitter = rng.normal(0.0, 1.5, (2, count))
+        x = np.where(near, centre + jitter[0], x)
+        y = np.where(near, centre + jitter[1], y)
+    return x, y
+
+
+def _cosmic_rays(rng: np.random.Generator, layers: Layers, cond: Conditions, size: int) -> None:
+    """Cosmic-ray hits anywhere in the science image (ZTF: a few per stamp-sized area)."""
+    count = len(cond.fwhm)
+    image = np.repeat(np.arange(count), rng.poisson(0.3 * size * size / STAMP**2, count))
+    hits = Objects(image, rng.uniform(0, size, len(image)), rng.uniform(0, size, len(image)), {})
+    kinds = np.full(len(image), "cosmic_ray")
+    add_negatives(rng, layers, cond, hits, kinds, log_uniform(rng, 5.0, 200.0, len(image)))
+
+
+def write(dataset: Dataset, out: Path, summary: dict[str, Any]) -> list[Path]:
+    """Shards of SHARD images as out/part-NNNN.npz plus out/dataset.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index, start in enumerate(range(0, len(dataset), SHARD)):
+        part = slice(start, start + SHARD)
+        path = out / f"part-{index:04d}.npz"
+        labels = {name: value[part] for name, value in dataset.labels().items()}
+        np.savez(path, images=dataset.images[part], **labels)  # type: ignore[arg-type]
+        paths.append(path)
+    counts = Counter(str(kind) for kind in dataset.kind)
+    info = {
+        **summary,
+        "n": len(dataset),
+        "shards": len(paths),
+        "kinds": dict(sorted(counts.items())),
+    }
+    (out / SUMMARY).write_text(json.dumps(info, indent=2) + "\n")
+    return paths
+
+
+def read(folder: Path) -> Dataset:
+    """Every shard of a folder written by `write` (or one .npz file), in order."""
+    return Dataset.concatenate(list(iter_shards(folder)))
+
+
+def iter_shards(folder: Path) -> Iterator[Dataset]:
+    paths = [folder] if folder.is_file() else sorted(folder.glob("part-*.npz"))
+    if not paths:
+        raise FileNotFoundError(
+            f"{folder} holds no part-*.npz shards; create them with `nightjar tails simulate`"
+        )
+    for path in paths:
+        with np.load(path) as data:
+            missing = [name for name in ("images", *LABELS) if name not in data.files]
+            if missing:
+                raise ValueError(f"{path} is not a Tails dataset shard (missing {missing})")
+            yield Dataset(data["images"], *(data[name] for name in LABELS))

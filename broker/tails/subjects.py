@@ -1,0 +1,239 @@
+"""What an image is about: a comet, or one of the things Tails must not call a comet.
+
+Input: the batch's `Layers` and `Conditions`, and subjects (image index, position, SNR).
+Output: the subjects painted into science and difference (and reference where static);
+comets are a coma plus a fan-shaped tail, trailed by their motion, scaled to a target SNR.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from broker.tails import profiles
+from broker.tails.canvas import Objects, Params, paint
+from broker.tails.field import Conditions, Layers, galaxy_profile, paint_static, star_profile
+
+COMET = "comet"
+# Negatives and their share among negative subjects: point-source transients, variable
+# stars, cosmic rays, bad subtractions, satellite streaks, asteroids, and nothing at all.
+NEGATIVES = {
+    "point_source": 0.22,
+    "variable_star": 0.13,
+    "cosmic_ray": 0.15,
+    "bad_subtraction": 0.15,
+    "satellite": 0.08,
+    "asteroid": 0.20,
+    "empty": 0.07,
+}
+KINDS = (COMET, *NEGATIVES)
+SNR_RANGE = (4.0, 150.0)  # matched-filter SNR: from bright down to the detection limit
+
+
+def log_uniform(rng: np.random.Generator, low: float, high: float, size: int) -> np.ndarray:
+    return np.exp(rng.uniform(np.log(low), np.log(high), size))
+
+
+def comet_profile(dx: np.ndarray, dy: np.ndarray, p: Params) -> np.ndarray:
+    """Coma (1/rho) + nucleus (PSF) + tail, averaged over the motion during the exposure."""
+    coma = nucleus = tail = np.zeros(np.broadcast_shapes(np.shape(dx), np.shape(dy)))
+    for step in np.linspace(-0.5, 0.5, profiles.TRAIL_STEPS):
+        x = dx - step * p["motion"] * np.cos(p["motion_angle"])
+        y = dy - step * p["motion"] * np.sin(p["motion_angle"])
+        coma = coma + profiles.coma(x, y, p["radius"], p["fwhm"])
+        nucleus = nucleus + profiles.moffat(x, y, p["fwhm"])
+        tail = tail + profiles.tail(x, y, p["length"], p["angle"], p["opening"], p["fwhm"])
+
+    def unit(image: np.ndarray) -> np.ndarray:
+        return image / np.maximum(image.sum(axis=(-2, -1), keepdims=True), 1e-300)
+
+    return unit(coma) + p["nucleus"] * unit(nucleus) + p["tail"] * unit(tail)
+
+
+def add_comets(
+    rng: np.random.Generator,
+    layers: Layers,
+    cond: Conditions,
+    subjects: Objects,
+    snr: np.ndarray,
+    max_tail: float,
+) -> None:
+    """Comets at the subjects' positions (the nucleus at mid-exposure), scaled to `snr`."""
+    count = len(subjects)
+    has_tail = rng.uniform(size=count) < 0.85
+    length = log_uniform(rng, 3.0, max_tail, count)
+    # Comae from just resolved (ZTF seeing is ~2 px FWHM) to large, faint ones.
+    radius = log_uniform(rng, 2.0, 10.0, count)
+    subjects.params.update(
+        fwhm=cond.fwhm[subjects.image],
+        radius=radius,
+        nucleus=rng.uniform(0.0, 0.4, count),
+        tail=np.where(has_tail, rng.uniform(0.3, 3.0, count), 0.0),
+        length=length,
+        angle=rng.uniform(0.0, 2 * np.pi, count),
+        opening=np.radians(rng.uniform(5.0, 50.0, count)),
+        motion=rng.uniform(0.0, 3.0, count),
+        motion_angle=rng.uniform(0.0, 2 * np.pi, count),
+    )
+    half = int(min(3.0 * max(float(np.max(length, initial=0)), 2 * float(np.max(radius))), 160))
+    for target in (layers.science, layers.difference):
+        paint(target, subjects, comet_profile, half + 6, snr, "snr", cond.difference_noise)
+
+
+def add_negatives(
+    rng: np.random.Generator,
+    layers: Layers,
+    cond: Conditions,
+    subjects: Objects,
+    kinds: np.ndarray,
+    snr: np.ndarray,
+) -> np.ndarray:
+    """Paint each negative subject by kind; return the SNR each one really got."""
+    got = snr.astype(np.float64).copy()
+    for kind, painter in _PAINTERS.items():
+        chosen = np.flatnonzero(kinds == kind)
+        if len(chosen):
+            got[chosen] = painter(rng, layers, cond, subjects.take(chosen), snr[chosen])
+    got[kinds == "empty"] = 0.0
+    return got
+
+
+def _point_source(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """A supernova-like PSF, half of them on a host galaxy a few pixels away."""
+    objs.params.update(fwhm=cond.fwhm[objs.image], sx=np.zeros(len(objs)), sy=np.zeros(len(objs)))
+    for target in (layers.science, layers.difference):
+        paint(target, objs, star_profile, 12, snr, "snr", cond.difference_noise)
+    hosted = objs.take(np.flatnonzero(rng.uniform(size=len(objs)) < 0.5))
+    offset = rng.normal(0.0, 2.5, (2, len(hosted)))
+    host = Objects(hosted.image, hosted.x + offset[0], hosted.y + offset[1], {})
+    host.params.update(
+        scale=log_uniform(rng, 1.0, 5.0, len(host)),
+        ratio=rng.uniform(0.3, 1.0, len(host)),
+        angle=rng.uniform(0.0, np.pi, len(host)),
+    )
+    flux = 10 ** (-0.4 * (rng.uniform(16.5, 21.0, len(host)) - cond.zero_point[host.image]))
+    paint_static(layers, host, cond, galaxy_profile, 20, flux)
+    return snr
+
+
+def _variable_star(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """A star in both images whose flux changed: a PSF of either sign in the difference."""
+    zero = np.zeros(len(objs))
+    flux = 10 ** (-0.4 * (rng.uniform(13.5, 19.5, len(objs)) - cond.zero_point[objs.image]))
+    paint_static(layers, objs, cond, star_profile, 12, flux)
+    sign = np.where(rng.uniform(size=len(objs)) < 0.7, 1.0, -1.0)
+    objs.params.update(fwhm=cond.fwhm[objs.image], sx=zero, sy=zero)
+    for target in (layers.science, layers.difference):
+        paint(target, objs, star_profile, 12, sign * snr, "snr", cond.difference_noise)
+    return snr
+
+
+def _cosmic_ray(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """Sharper than any PSF: single hot pixels to tracks a dozen pixels long."""
+    objs.params.update(
+        angle=rng.uniform(0.0, np.pi, len(objs)),
+        fwhm=rng.uniform(0.5, 0.9, len(objs)),
+        half_length=rng.choice([0.0, 1.0, 3.0, 6.0], len(objs)) * rng.uniform(size=len(objs)),
+    )
+    for target in (layers.science, layers.difference):
+        paint(target, objs, _segment, 10, snr, "snr", cond.difference_noise)
+    return snr
+
+
+def _bad_subtraction(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """A bright star or galaxy core subtracted badly: strong dipoles and rings.
+
+    The residual's SNR follows from the source's brightness (`snr` is not used): returned.
+    """
+    count = len(objs)
+    shift = rng.normal(0.0, 0.5, (count, 2))
+    mismatch = rng.normal(0.0, 0.15, count)
+    before = layers.difference[objs.image].copy()
+    stars = rng.uniform(size=count) < 0.7
+    flux = 10 ** (-0.4 * (rng.uniform(11.5, 16.5, count) - cond.zero_point[objs.image]))
+    star_objs = objs.take(np.flatnonzero(stars))
+    paint_static(
+        layers, star_objs, cond, star_profile, 16, flux[stars], None, shift[stars], mismatch[stars]
+    )
+    galaxies = objs.take(np.flatnonzero(~stars))
+    galaxies.params.update(
+        scale=log_uniform(rng, 1.0, 4.0, len(galaxies)),
+        ratio=rng.uniform(0.3, 1.0, len(galaxies)),
+        angle=rng.uniform(0.0, np.pi, len(galaxies)),
+    )
+    paint_static(
+        layers,
+        galaxies,
+        cond,
+        galaxy_profile,
+        20,
+        flux[~stars] / 3,
+        None,
+        shift[~stars],
+        mismatch[~stars],
+    )
+    added = layers.difference[objs.image] - before
+    return np.sqrt(np.sum(added**2, axis=(1, 2))) / cond.difference_noise[objs.image]
+
+
+def _satellite(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """A streak across the whole image, its peak pixel at `snr` / 2.5 sigma (1.6-60)."""
+    peak = snr / 2.5
+    objs.params.update(
+        angle=rng.uniform(0.0, np.pi, len(objs)),
+        fwhm=cond.fwhm[objs.image],
+        half_length=np.full(len(objs), np.inf),
+    )
+    _, height, width = layers.science.shape
+    half = int(np.hypot(height, width)) + 2
+    for target in (layers.science, layers.difference):
+        paint(target, objs, _segment, half, peak, "peak", cond.difference_noise)
+    return peak
+
+
+def _asteroid(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    """A moving point source: a short trail (up to ~12 pixels in a ZTF 30 s exposure)."""
+    objs.params.update(
+        fwhm=cond.fwhm[objs.image],
+        length=rng.uniform(0.0, 12.0, len(objs)),
+        angle=rng.uniform(0.0, np.pi, len(objs)),
+    )
+    for target in (layers.science, layers.difference):
+        paint(target, objs, _trail, 14, snr, "snr", cond.difference_noise)
+    return snr
+
+
+def _empty(
+    rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
+) -> np.ndarray:
+    return np.zeros(len(objs))
+
+
+def _segment(dx: np.ndarray, dy: np.ndarray, p: Params) -> np.ndarray:
+    return profiles.streak(dx, dy, p["angle"], p["fwhm"], p["half_length"])
+
+
+def _trail(dx: np.ndarray, dy: np.ndarray, p: Params) -> np.ndarray:
+    return profiles.trailed_moffat(dx, dy, p["fwhm"], p["length"], p["angle"])
+
+
+_PAINTERS = {
+    "point_source": _point_source,
+    "variable_star": _variable_star,
+    "cosmic_ray": _cosmic_ray,
+    "bad_subtraction": _bad_subtraction,
+    "satellite": _satellite,
+    "asteroid": _asteroid,
+    "empty": _empty,
+}

@@ -1,0 +1,119 @@
+"""The broker SIGKILLed mid-stream and restarted: every alert stored once and published.
+
+Input: 2,000 simulated ZTF alerts in a three-partition topic. The broker (Dask workers
+included) is killed at random moments after it has committed something, then restarted on
+the same consumer group; at the end every candid is in MongoDB once and on the output topic
+at least once (offsets are committed only after the store and the publish).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient
+from pymongo.database import Database
+
+from broker.simulate import simulate
+from tests.helpers import poll_until
+from tests.pipeline_helpers import (
+    BrokerProcess,
+    Rig,
+    committed,
+    open_rig,
+    output_record,
+    produce,
+    read_topic,
+)
+
+ALERTS = 2000
+PARTITIONS = 3
+KILLS = 4
+Db = Database[dict[str, Any]]
+
+
+@pytest.fixture
+def rig(
+    kafka_admin: AdminClient,
+    kafka_bootstrap: str,
+    mongo_uri: str,
+    mongo_db: Db,
+    group_id: str,
+    topic_factory: Any,
+    tmp_path: Path,
+) -> Iterator[Rig]:
+    topic = topic_factory(partitions=PARTITIONS, prefix="crash")
+    with open_rig(
+        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
+    ) as rig:
+        rig.settings.update(
+            # Small batches: a kill lands between commits, with batches in flight.
+            NIGHTJAR_DISPATCH__BATCH_SIZE="100",
+            NIGHTJAR_DISPATCH__BATCH_SECONDS="0.2",
+            # A restarted member takes its partitions over at once (static membership, as a
+            # StatefulSet would run it) instead of waiting out the dead member's session.
+            NIGHTJAR_KAFKA__EXTRA=f'{{"group.instance.id": "{group_id}-0"}}',
+        )
+        yield rig
+
+
+def test_killed_and_restarted_broker_stores_each_alert_once(
+    rig: Rig, mongo_db: Db, kafka_admin: AdminClient
+) -> None:
+    alerts = list(simulate("ztf", ALERTS, seed=11))
+    candids = {alert.candid for alert in alerts}
+    assert len(candids) == ALERTS
+    positions = produce(rig.bootstrap, rig.topics[0], (alert.data for alert in alerts))
+    assert {partition for partition, _ in positions} == set(range(PARTITIONS))
+
+    rng = random.Random(20200202)
+    progress = [kill_after_progress(rig, mongo_db, kafka_admin, rng) for _ in range(KILLS)]
+    # Each run committed more than the one before, and at least one kill hit mid-stream.
+    assert progress == sorted(progress) and len(set(progress)) == KILLS, progress
+    assert progress[-2] < ALERTS, progress
+
+    finished = rig.run(timeout=180)
+    assert "done:" in finished.log
+    alerts_collection = mongo_db["alerts"]
+    assert alerts_collection.count_documents({}) == ALERTS
+    assert set(alerts_collection.distinct("candid")) == candids
+    index = alerts_collection.index_information()["survey_candid"]
+    assert index["unique"] and index["key"] == [("survey", 1), ("candid", 1)]
+    assert sum(committed(kafka_admin, rig.group_id, rig.topics[0], PARTITIONS).values()) == ALERTS
+
+    published = [output_record(m.value)["candid"] for m in read_topic(rig.bootstrap, rig.output_topic("ztf"))]
+    assert set(published) == candids  # at least once; a killed batch may go out twice
+    assert len(published) >= ALERTS
+
+
+def kill_after_progress(rig: Rig, db: Db, admin: AdminClient, rng: random.Random) -> int:
+    """Start the broker, wait for a new commit and a random number of further stores, then
+    SIGKILL it with its workers. Returns the committed total when it was killed."""
+    before = total_committed(rig, admin)
+    process = rig.start()
+    poll_until(
+        lambda: total_committed(rig, admin) > before or not process.running(),
+        timeout=60,
+        message="a commit by the restarted broker",
+    )
+    assert process.running(), f"broker exited early:\n{process.log}"
+    target = db["alerts"].count_documents({}) + rng.randint(0, 250)
+    poll_until(
+        lambda: db["alerts"].count_documents({}) >= target or done(rig, admin, process),
+        timeout=60,
+        interval=0.05,
+        message=f"{target} alerts stored",
+    )
+    process.kill()
+    return total_committed(rig, admin)
+
+
+def done(rig: Rig, admin: AdminClient, process: BrokerProcess) -> bool:
+    return total_committed(rig, admin) >= ALERTS or not process.running()
+
+
+def total_committed(rig: Rig, admin: AdminClient) -> int:
+    return sum(committed(admin, rig.group_id, rig.topics[0], PARTITIONS).values())

@@ -1,0 +1,165 @@
+"""broker.tails simulation and contract: reproducible triplets, honest labels, exact SNRs,
+the Tails preprocessing, box tessellation, duplicate merging and stamp-offset sky positions."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import broker.__main__
+from broker.__main__ import main
+from broker.tails import simulate as sim
+from broker.tails.canvas import Objects, paint
+from broker.tails.contract import offset_to_sky, preprocess
+from broker.tails.frames import Detection, box_starts, merge
+from broker.tails.profiles import moffat
+from broker.tails.quadrant import simulate_quadrant
+from broker.tails.subjects import KINDS, SNR_RANGE
+
+
+@pytest.fixture
+def tails_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nightjar tails` whether or not this checkout lists it in broker.__main__.COMMANDS yet."""
+    if "tails" not in broker.__main__.COMMANDS:
+        monkeypatch.setattr(broker.__main__, "COMMANDS", (*broker.__main__.COMMANDS, "tails"))
+
+
+@pytest.fixture(scope="module")
+def stamps() -> sim.Dataset:
+    return sim.simulate(600, seed=11)
+
+
+def test_same_seed_same_triplets_and_labels() -> None:
+    first, again, other = sim.simulate(300, 5), sim.simulate(300, 5), sim.simulate(300, 6)
+    assert np.array_equal(first.images, again.images, equal_nan=True)
+    for name in sim.LABELS:
+        left, right = getattr(first, name), getattr(again, name)
+        assert np.array_equal(left, right, equal_nan=left.dtype.kind == "f"), name
+    assert not np.array_equal(first.images, other.images, equal_nan=True)
+
+
+def test_labels_describe_the_stamps(stamps: sim.Dataset) -> None:
+    assert stamps.images.shape == (600, 63, 63, 3) and stamps.images.dtype == np.float32
+    assert stamps.is_comet.sum() == 300  # exact fraction per chunk
+    assert set(stamps.kind.tolist()) <= set(KINDS)
+    assert len(set(stamps.kind[~stamps.is_comet].tolist())) >= 6  # every kind of negative
+    assert np.all(stamps.kind[stamps.is_comet] == "comet")
+    comets = stamps.is_comet
+    for axis in (stamps.x, stamps.y):
+        assert np.all((axis[comets] >= 4) & (axis[comets] <= 58))
+    assert np.all((stamps.snr[comets] >= SNR_RANGE[0]) & (stamps.snr[comets] <= SNR_RANGE[1]))
+    # ZTF centres an alert's cutouts on the detection: most comets sit near pixel (31, 31).
+    centred = np.hypot(stamps.x[comets] - 31, stamps.y[comets] - 31) < 6
+    assert 0.35 < centred.mean() < 0.8
+
+
+def test_comets_are_extended_and_point_sources_are_not(stamps: sim.Dataset) -> None:
+    """Second moment of the difference within 8 px of the truth, for bright sources."""
+
+    def radius(index: int) -> float:
+        diff = np.nan_to_num(stamps.images[index, :, :, 2])
+        rows, cols = np.indices(diff.shape)
+        dist = np.hypot(cols - stamps.x[index], rows - stamps.y[index])
+        near = (dist < 8) & (diff > 0)
+        return float(np.sqrt(np.sum(diff[near] * dist[near] ** 2) / np.sum(diff[near])))
+
+    bright = stamps.snr > 40
+    comets = [radius(i) for i in np.flatnonzero(bright & stamps.is_comet)]
+    points = [radius(i) for i in np.flatnonzero(bright & (stamps.kind == "point_source"))]
+    assert len(comets) > 20 and len(points) > 3
+    assert np.median(comets) > np.median(points) + 0.5
+
+
+def test_painting_to_an_snr_gives_that_matched_filter_snr() -> None:
+    canvas = np.zeros((2, 40, 40))
+    objects = Objects(np.array([0, 1]), np.array([20.3, 15.0]), np.array([19.6, 22.2]), {})
+    objects.params["fwhm"] = np.array([2.0, 3.0])
+
+    def psf(dx: np.ndarray, dy: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+        return moffat(dx, dy, p["fwhm"])
+
+    sigma = np.array([7.0, 12.0])
+    paint(canvas, objects, psf, 15, np.array([10.0, 25.0]), "snr", sigma)
+    got = np.sqrt(np.sum(canvas**2, axis=(1, 2))) / sigma
+    assert np.allclose(got, [10.0, 25.0], rtol=1e-9)
+
+
+@pytest.mark.usefixtures("tails_cli")
+def test_cli_writes_shards_that_read_back_identically(tmp_path: Path) -> None:
+    out = tmp_path / "set"
+    assert main(["tails", "simulate", "--n", "300", "--seed", "3", "--out", str(out)]) == 0
+    read = sim.read(out)
+    expected = sim.simulate(300, 3)
+    assert np.array_equal(read.images, expected.images, equal_nan=True)
+    assert np.array_equal(read.kind, expected.kind)
+    assert (out / sim.SUMMARY).is_file()
+
+
+def test_boxes_put_subjects_anywhere() -> None:
+    boxes = sim.simulate(16, 2, placement="box")
+    assert boxes.images.shape == (16, 256, 256, 3)
+    comets = boxes.is_comet
+    assert comets.sum() == 8
+    assert boxes.x[comets].max() - boxes.x[comets].min() > 100
+
+
+def test_preprocess_follows_the_tails_contract() -> None:
+    rng = np.random.default_rng(0)
+    raw = rng.normal(100.0, 10.0, (3, 20, 20, 3)).astype(np.float32)
+    raw[0, 0, :5, 0] = np.nan  # science NaNs -> median of the finite science pixels
+    raw[0, 3, 3, 2] = -500.0  # a masked-star residual in the difference -> 0
+    raw[1, :, :, 2] = 0.0  # zero-norm difference: not scoreable
+    raw[2, :, :, 1] = np.nan  # all-NaN reference: not scoreable
+    inputs, reasons = preprocess(raw)
+    assert reasons[0] is None
+    assert reasons[1] == "difference channel has L2 norm 0"
+    assert reasons[2] == "reference channel is all NaN"
+    science = raw[0, :, :, 0].copy()
+    science[0, :5] = np.median(science[np.isfinite(science)])
+    assert np.allclose(inputs[0, :, :, 0], science / np.linalg.norm(science), atol=1e-7)
+    assert inputs[0, 3, 3, 2] == 0.0
+    assert np.allclose(np.linalg.norm(inputs[0], axis=(0, 1)), 1.0, atol=1e-6)
+    assert not inputs[1].any() and not inputs[2].any()
+    with pytest.raises(ValueError, match="N, H, W, 3"):
+        preprocess(raw[0])
+
+
+def test_stamp_offsets_become_sky_offsets_north_up_east_left() -> None:
+    ra, dec = offset_to_sky(150.0, 60.0, 0.0, 10.0)
+    assert ra == pytest.approx(150.0) and dec == pytest.approx(60.0 + 10.1 / 3600)
+    ra, dec = offset_to_sky(150.0, 60.0, 10.0, 0.0)
+    assert ra == pytest.approx(150.0 - 10.1 / 3600 / math.cos(math.radians(60.0)))
+    ra, _ = offset_to_sky(0.0001, 0.0, 10.0, 0.0)
+    assert ra == pytest.approx(360.0 + 0.0001 - 10.1 / 3600)
+
+
+@pytest.mark.parametrize("length", [256, 300, 3072, 3080])
+def test_boxes_cover_the_frame_with_at_least_the_overlap(length: int) -> None:
+    starts = box_starts(length)
+    assert starts[0] == 0 and starts[-1] + 256 == length
+    assert all(b - a <= 236 for a, b in zip(starts, starts[1:], strict=False))
+
+
+def test_duplicates_from_overlapping_boxes_are_merged() -> None:
+    found = [
+        Detection("f", 0.8, 250.0, 100.0, 0, 0, 0, 0),
+        Detection("f", 0.95, 252.0, 101.0, 0, 0, 236, 0),
+        Detection("f", 0.9, 600.0, 100.0, 0, 0, 472, 0),
+    ]
+    kept = merge(found)
+    assert [d.score for d in kept] == [0.95, 0.9]
+
+
+def test_a_quadrant_has_its_comets_where_its_wcs_says() -> None:
+    quadrant = simulate_quadrant(4, comets=3, shape=(600, 520))
+    assert quadrant.images.shape == (600, 520, 3)
+    sky = quadrant.wcs.all_pix2world([[c["x"], c["y"]] for c in quadrant.comets], 0)
+    for comet, (ra, dec) in zip(quadrant.comets, sky, strict=True):
+        assert (comet["ra"], comet["dec"]) == pytest.approx((ra, dec))
+        x, y = round(comet["x"]), round(comet["y"])
+        window = quadrant.images[y - 2 : y + 3, x - 2 : x + 3, 2]
+        noise = np.nanstd(quadrant.images[:50, :50, 2])
+        assert np.nanmax(window) > 2 * noise  # something is in the difference there

@@ -1,0 +1,76 @@
+"""`nightjar tails train|evaluate`: a tiny detector trained here separates held-out comets from
+look-alikes well above chance, its ONNX agrees with TensorFlow, and the committed default
+weights are the ones their card and the registry describe."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import broker.__main__
+from broker.__main__ import main
+from broker.errors import ConfigError
+from broker.models.convert import MAX_ABS_DIFF, import_tensorflow
+from broker.models.registry import load_registry
+from broker.tails.detector import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def tails_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`nightjar tails` whether or not this checkout lists it in broker.__main__.COMMANDS yet."""
+    if "tails" not in broker.__main__.COMMANDS:
+        monkeypatch.setattr(broker.__main__, "COMMANDS", (*broker.__main__.COMMANDS, "tails"))
+
+
+@pytest.fixture(scope="module")
+def tensorflow() -> None:
+    try:
+        import_tensorflow()
+    except ConfigError as exc:
+        pytest.skip(f"training needs TensorFlow: {exc}")
+
+
+@pytest.mark.usefixtures("tails_cli", "tensorflow")
+def test_a_tiny_trained_detector_beats_chance_on_held_out_data(tmp_path: Path) -> None:
+    out = tmp_path / "model"
+    train = ["tails", "train", "--n", "800", "--seed", "3", "--validation", "64", "--epochs", "4"]
+    tiny = ["--widths", "8,8,16,16,16", "--threads", "2", "--name", "tiny", "--out", str(out)]
+    assert main([*train, *tiny]) == 0
+    card = json.loads((out / "tiny.json").read_text())
+    onnx = (out / "tiny.onnx").read_bytes()
+    assert card["onnx"]["sha256"] == hashlib.sha256(onnx).hexdigest()
+    assert card["onnx"]["max_abs_diff_stamps"] < MAX_ABS_DIFF
+    assert card["onnx"]["max_abs_diff_boxes"] < MAX_ABS_DIFF
+    assert card["seed"] == 3 and "--n 800 --seed 3" in card["command"]
+
+    held = tmp_path / "held-out"
+    assert main(["tails", "simulate", "--n", "600", "--seed", "99", "--out", str(held)]) == 0
+    evaluation = tmp_path / "evaluation"
+    evaluate = ["tails", "evaluate", "--data", str(held), "--model", str(out / "tiny.onnx")]
+    assert main([*evaluate, "--out", str(evaluation), "--card", str(out / "tiny.json")]) == 0
+    summary = json.loads((evaluation / "evaluation.json").read_text())
+    assert summary["comets"] == 300 and summary["negatives"] == 300
+    assert summary["roc_auc"] > 0.75  # chance is 0.5
+    for figure in ("roc", "recall_vs_snr", "gallery_hits", "gallery_misses"):
+        assert (evaluation / f"{figure}.png").stat().st_size > 10_000
+    recorded = json.loads((out / "tiny.json").read_text())["evaluation"]["63px"]
+    assert recorded["roc_auc"] == summary["roc_auc"]
+    assert "--seed 99" in recorded["data_command"]
+
+
+def test_the_committed_default_is_what_its_card_and_the_registry_say() -> None:
+    card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
+    digest = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert card["onnx"]["sha256"] == digest
+    assert DEFAULT_MODEL.stat().st_size < 2_000_000
+    spec = load_registry(REPO / "config" / "models.yaml").get("tails")
+    assert spec.source is not None and spec.source.sha256 == digest
+    assert card["command"].startswith("nightjar tails train")
+    evaluation = card["evaluation"]["63px"]
+    assert evaluation["command"].startswith("nightjar tails evaluate")
+    assert evaluation["cpu_ms_per_example_1_thread"] < 1.5
