@@ -163,9 +163,13 @@ def run_bench(
     }
     for scenario in scenarios:
         log.info("scenario %s: %d alerts, then %d at a steady rate", scenario, n, live_n)
-        document["scenarios"][scenario] = run_scenario(
-            settings, scenario, messages[:n], messages[n:], progress
-        )
+        try:
+            result = run_scenario(settings, scenario, messages[:n], messages[n:], progress)
+        except NightjarError as exc:
+            # The other scenarios' numbers are still worth having: report, do not discard.
+            log.error("scenario %s failed: %s", scenario, exc)
+            result = {"error": f"{type(exc).__name__}: {exc}"}
+        document["scenarios"][scenario] = result
     return document
 
 

@@ -42,7 +42,9 @@ def fresh_id() -> str:
 def unreachable(settings: Settings, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     """None when Kafka and MongoDB both answer; else one line naming the one that does not."""
     kafka = settings.kafka.bootstrap_servers
-    admin = AdminClient({**client_config(settings), "socket.timeout.ms": int(timeout * 1000)})
+    # log_level 0: librdkafka would print a line per failed connection; one line says it all.
+    probe = {"socket.timeout.ms": int(timeout * 1000), "log_level": 0}
+    admin = AdminClient({**client_config(settings), **probe})
     try:
         metadata = admin.list_topics(timeout=timeout)
         if not metadata.brokers:

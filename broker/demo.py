@@ -111,13 +111,13 @@ def run_demo(base: Settings, options: DemoOptions, say: Say) -> DemoResult:
         gallery = _gallery(db, report, options.state_dir / GALLERY, say)
     finally:
         client.close()
-    result = DemoResult(names, settings, produced, stats, report, gallery, fritz is not None)
-    result.metrics_url = metrics_url
-    result.notes = [
+    notes = [
         f"{topic} does not match kafka.topics {base.kafka.topics}: `nightjar run` would skip it"
         for topic in unmatched_topics(names, base.kafka.topics)
     ]
-    return result
+    return DemoResult(
+        names, settings, produced, stats, report, gallery, fritz is not None, metrics_url, notes
+    )
 
 
 def produce_inputs(
@@ -158,29 +158,39 @@ def run_broker(
 ) -> RunStats:
     """The broker in-process until every produced message is finished; then the poster drains."""
     stop = threading.Event()
-    broker = app.build(settings, stop, start_sender=False)
-    watcher = PipelineWatcher(broker.pipeline.stats, interval=0.05)
     sender_stop = threading.Event()
+    # The poster starts first: it posts matches while the broker is still running.
     sender = _start_sender(settings, sender_stop) if posting else None
-
-    def watch() -> None:
-        with tqdm(total=expected, unit="alert", desc="broker", disable=not options.progress) as bar:
-            watcher.wait_for(expected, options.timeout_s, stop, bar)
-        stop.set()
-
-    watching = threading.Thread(target=watch, name="demo-watch", daemon=True)
-    watching.start()
     try:
+        broker = app.build(settings, stop, start_sender=False)
+        watching = threading.Thread(
+            target=_watch,
+            args=(PipelineWatcher(broker.pipeline.stats, interval=0.05), expected, stop, options),
+            name="demo-watch",
+            daemon=True,
+        )
+        watching.start()
         stats = broker.run(stop, exit_when_idle=IDLE_EXIT_S)
-    finally:
-        stop.set()
         watching.join(timeout=10)
         if sender is not None:
-            _drain_outbox(settings, sender_stop, options.post_wait_s, say)
+            _drain_outbox(settings, options.post_wait_s, say)
+    finally:
+        stop.set()
+        sender_stop.set()
+        if sender is not None:
             sender.join(timeout=30)
     if stats.stored + stats.rejected < expected:
         say(f"warning: the broker finished {stats.stored + stats.rejected} of {expected} messages")
     return stats
+
+
+def _watch(
+    watcher: PipelineWatcher, expected: int, stop: threading.Event, options: DemoOptions
+) -> None:
+    """Progress on stderr; stops the broker once every produced message is finished."""
+    with tqdm(total=expected, unit="alert", desc="broker", disable=not options.progress) as bar:
+        watcher.wait_for(expected, options.timeout_s, stop, bar)
+    stop.set()
 
 
 def _start_sender(settings: Settings, stop: threading.Event) -> threading.Thread:
@@ -190,8 +200,8 @@ def _start_sender(settings: Settings, stop: threading.Event) -> threading.Thread
     return thread
 
 
-def _drain_outbox(settings: Settings, stop: threading.Event, wait_s: float, say: Say) -> None:
-    """Let the poster work on pending jobs for up to `wait_s` more seconds, then stop it."""
+def _drain_outbox(settings: Settings, wait_s: float, say: Say) -> None:
+    """Give the poster up to `wait_s` more seconds for the pending jobs."""
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(settings.mongo_uri())
     outbox = Outbox(client[settings.mongo.database])
     try:
@@ -213,7 +223,6 @@ def _drain_outbox(settings: Settings, stop: threading.Event, wait_s: float, say:
                 "nightjar post --exit-when-idle 10"
             )
     finally:
-        stop.set()
         client.close()
 
 

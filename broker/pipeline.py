@@ -235,7 +235,9 @@ class Pipeline:
         batch: Batch,
         rejections: list[Rejection],
     ) -> list[AlertDocument]:
-        docs = self.store.write(alerts, results, batch.stored_history)
+        # History read again: the batches ahead of this one were stored after it read its
+        # own, and a detection's candidate and history points differ ($addToSet keeps both).
+        docs = self.store.write(alerts, results, self.store.read_history(alerts))
         self.store.write_rejections(rejections)
         return docs
 

@@ -135,7 +135,9 @@ class Store:
             )
 
     def _where(self) -> str:
-        return str(self.db.client.address or "(not connected)")
+        # Not `client.address`: it waits for a server and raises when none answers.
+        servers = self.db.client.topology_description.server_descriptions()
+        return ", ".join(f"{host}:{port}" for host, port in servers) or "(no server)"
 
 
 def object_key(survey: str, object_id: str) -> str:
@@ -195,22 +197,18 @@ def object_updates(
             latest[key] = alert
     updates = []
     for key, points in new_points.items():
-        if not points:
-            continue
         alert = latest[key]
-        updates.append(
-            pymongo.UpdateOne(
-                {"_id": key},
-                {
-                    "$setOnInsert": {"survey": alert.survey, "objectId": alert.object_id},
-                    "$set": {"ra": alert.ra, "dec": alert.dec},
-                    "$addToSet": {"lightcurve": {"$each": list(points.values())}},
-                    "$min": {"first_alert_jd": min(times[key])},
-                    "$max": {"last_alert_jd": max(times[key])},
-                },
-                upsert=True,
-            )
-        )
+        # An alert with no new point (one older than those stored, from a lagging
+        # partition) still moves first_alert_jd / last_alert_jd.
+        update: dict[str, Any] = {
+            "$setOnInsert": {"survey": alert.survey, "objectId": alert.object_id},
+            "$set": {"ra": alert.ra, "dec": alert.dec},
+            "$min": {"first_alert_jd": min(times[key])},
+            "$max": {"last_alert_jd": max(times[key])},
+        }
+        if points:
+            update["$addToSet"] = {"lightcurve": {"$each": list(points.values())}}
+        updates.append(pymongo.UpdateOne({"_id": key}, update, upsert=True))
     return updates
 
 

@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,9 @@ import fastavro
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from pymongo.database import Database
 
+from broker import history
 from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import Alert
@@ -152,7 +155,9 @@ class Rig:
     ) -> Finished:
         """Run the broker until the topics stay idle; fail with its log if it exits non-zero."""
         finished = self.start(exit_when_idle, **overrides).wait(timeout)
-        assert finished.returncode == 0, f"nightjar run exited {finished.returncode}:\n{finished.log}"
+        assert finished.returncode == 0, (
+            f"nightjar run exited {finished.returncode}:\n{finished.log}"
+        )
         return finished
 
     def stop_all(self) -> None:
@@ -174,7 +179,14 @@ def open_rig(
     """A Rig with its own output and dead-letter topics, deleted (and processes killed) after."""
     base = f"nightjar-out-{uuid.uuid4().hex[:12]}"
     rig = Rig(
-        bootstrap, mongo_uri, database, topics, group_id, base + "-{survey}", base + "-dead", workdir
+        bootstrap,
+        mongo_uri,
+        database,
+        topics,
+        group_id,
+        base + "-{survey}",
+        base + "-dead",
+        workdir,
     )
     (workdir / "no-models").mkdir(exist_ok=True)
     created = [rig.output_topic(survey) for survey in SURVEYS] + [rig.dead_letter_topic]
@@ -195,7 +207,8 @@ def create_topics(admin: AdminClient, names: Iterable[str], partitions: int = 1)
     for future in futures.values():
         future.result(timeout=30)
     for name in names:
-        poll_until(lambda n=name: _has_leaders(admin, n, partitions), 30, message=f"leaders of {name}")
+        ready = partial(_has_leaders, admin, name, partitions)
+        poll_until(ready, 30, message=f"leaders of {name}")
 
 
 def _has_leaders(admin: AdminClient, name: str, partitions: int) -> bool:
@@ -231,7 +244,7 @@ def produce(
             if error is not None:
                 errors.append(error.str())
             else:
-                positions[index] = (message.partition(), message.offset())
+                positions[index] = _position(message)
 
         return callback
 
@@ -286,7 +299,9 @@ def read_topic(bootstrap: str, topic: str, timeout: float = 60.0) -> list[Record
         consumer.close()
 
 
-def _read_until(consumer: Consumer, ends: dict[int, int], timeout: float, topic: str) -> list[Record]:
+def _read_until(
+    consumer: Consumer, ends: dict[int, int], timeout: float, topic: str
+) -> list[Record]:
     records: list[Record] = []
     next_offset = {partition: 0 for partition in ends}
     deadline = time.monotonic() + timeout
@@ -295,22 +310,33 @@ def _read_until(consumer: Consumer, ends: dict[int, int], timeout: float, topic:
         for message in consumer.consume(500, 1.0):
             if message.error() is not None:
                 continue
-            next_offset[message.partition()] = message.offset() + 1
-            if message.offset() < ends[message.partition()]:
+            partition, offset = _position(message)
+            next_offset[partition] = offset + 1
+            if offset < ends[partition]:
                 records.append(_record(message))
     return sorted(records, key=lambda r: (r.partition, r.offset))
 
 
+def _position(message: Message) -> tuple[int, int]:
+    partition, offset = message.partition(), message.offset()
+    assert partition is not None and offset is not None, "a message without a position"
+    return partition, offset
+
+
 def _record(message: Message) -> Record:
-    headers = {name: value or b"" for name, value in message.headers() or []}
+    headers = {str(name): _bytes(value) for name, value in list(message.headers() or [])}
+    key = message.key()
     return Record(
-        message.partition(),
-        message.offset(),
-        message.key(),
-        message.value() or b"",
+        *_position(message),
+        None if key is None else _bytes(key),
+        _bytes(message.value()),
         headers,
         message.timestamp()[1],
     )
+
+
+def _bytes(value: str | bytes | None) -> bytes:
+    return value.encode() if isinstance(value, str) else value or b""
 
 
 def committed(admin: AdminClient, group_id: str, topic: str, partitions: int) -> dict[int, int]:
@@ -374,6 +400,16 @@ def same_value(left: Any, right: Any) -> bool:
     if isinstance(left, list | tuple) and isinstance(right, list | tuple):
         return len(left) == len(right) and all(map(same_value, left, right))
     return bool(left == right)
+
+
+def light_curve_duplicates(db: Database[Any]) -> dict[str, int]:
+    """Objects whose light curve holds a detection or limit more than once, with the excess."""
+    found = {}
+    for doc in db["objects"].find({}, {"survey": 1, "lightcurve": 1}):
+        keys = [history.point_key(doc["survey"], point) for point in doc["lightcurve"]]
+        if len(keys) != len(set(keys)):
+            found[doc["_id"]] = len(keys) - len(set(keys))
+    return found
 
 
 def free_port() -> int:

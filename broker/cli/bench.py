@@ -65,4 +65,8 @@ def run(args: argparse.Namespace) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n")
         print(f"nightjar bench: written to {args.out}", file=sys.stderr)
+    failed = [name for name, result in document["scenarios"].items() if "error" in result]
+    if failed:
+        print(f"nightjar bench: scenario {', '.join(failed)} failed (see above)", file=sys.stderr)
+        return 1
     return 0

@@ -32,7 +32,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="real sample alerts and the models mirror (default: ../shared/reference)",
     )
     parser.add_argument(
-        "--out", type=Path, default=Path(".nightjar/demo"), help="where the gallery PNG goes"
+        "--dir",
+        type=Path,
+        default=Path(".nightjar/demo"),
+        help="folder for the gallery PNG and the last run's names (default .nightjar/demo)",
     )
     parser.add_argument("--no-post", action="store_true", help="do not post to the Fritz-like API")
     parser.add_argument(
@@ -62,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
         lsst=args.lsst,
         seed=args.seed,
         reference=args.reference if args.reference.is_dir() else None,
-        state_dir=args.out,
+        state_dir=args.dir,
         post=not args.no_post,
         post_wait_s=max(0.0, args.post_wait),
         progress=not args.no_progress,

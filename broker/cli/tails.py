@@ -105,7 +105,13 @@ def _frames_parser(actions: argparse._SubParsersAction) -> None:
         )
     frames.add_argument("--out", type=Path, default=Path("tails-detections"))
     frames.add_argument("--model", type=Path, default=DEFAULT_MODEL)
-    frames.add_argument("--threshold", type=_fraction, default=PRODUCTION_THRESHOLD)
+    frames.add_argument(
+        "--threshold",
+        type=_fraction,
+        default=None,
+        help="detection threshold (default: the model card's FPR 0.1%% point on 256 px boxes, "
+        f"else {PRODUCTION_THRESHOLD})",
+    )
     frames.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help="downloaded images")
     frames.add_argument("--threads", type=_positive, default=2)
 
@@ -212,14 +218,18 @@ def _train(args: argparse.Namespace) -> int:
 
 def _frames(args: argparse.Namespace, provider: Provider) -> int:
     from broker.tails import frames, images
-    from broker.tails.detector import Detector
+    from broker.tails.detector import Detector, frame_threshold
 
     triplets = _frame_sources(args, images)
     detector = Detector(args.model, threads=args.threads, provider=provider)
+    threshold = args.threshold
+    if threshold is None:
+        threshold, why = frame_threshold(args.model)
+        print(f"threshold {threshold:.4f}: {why}")
     total = 0
     for sources in triplets:
         frame = images.load_frame(sources, args.cache)
-        found = frames.detect(detector, frame, args.threshold)
+        found = frames.detect(detector, frame, threshold)
         path = frames.write(found, frame, args.out)
         total += len(found)
         print(f"{frame.name}: {len(found)} detections -> {path}")

@@ -7,6 +7,7 @@ for preprocessed triplets, batched; the input size a fixed-shape model insists o
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from broker.errors import ConfigError
 from broker.settings import ModelSettings
+from broker.tails.contract import PRODUCTION_THRESHOLD
 from workers.runtime import open_session
 
 Provider = Literal["auto", "cpu", "cuda"]
@@ -75,6 +77,18 @@ class Detector:
                 "(p_comet, x_rel, y_rel)"
             )
         return result[:, :3]
+
+
+def frame_threshold(model: Path) -> tuple[float, str]:
+    """The threshold for 256 px boxes: the model card's FPR 0.1% point on boxes when it has
+    one (<model>.json, from `tails evaluate --card`), else the published Tails 0.7."""
+    card = model.with_suffix(".json")
+    try:
+        evaluation = json.loads(card.read_text())["evaluation"]["256px"]
+        threshold = float(evaluation["operating_points"]["fpr_0.001"]["threshold"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return PRODUCTION_THRESHOLD, "the published Tails production threshold"
+    return threshold, f"the false-positive rate 0.1% point on boxes in {card.name}"
 
 
 def milliseconds_per_example(

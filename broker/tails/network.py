@@ -2,7 +2,8 @@
 
 Input: (N, H, W, 3) Tails-normalised triplets of any size (63 px alert stamps, 256 px boxes).
 Output: (N, 3) [p_comet, x_rel, y_rel]: p = sigmoid(max of the class map), position = mean of
-cell centres plus regressed offsets weighted by softmax(location map), over the input size.
+cell centres plus regressed offsets, weighted by softmax(location map) within WINDOW cells of
+the class peak (the object that gave the score), divided by the input size.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 STRIDE = 4  # input pixels per heat-map cell
+WINDOW = 2  # cells around the class peak that the position is averaged over
 INPUT_NAME = "triplet"
 OUTPUT_NAME = "tails"
 
@@ -89,7 +91,7 @@ def head(tf: Any, maps: Any, triplet: Any) -> tuple[Any, Any, Any, Any]:
     offset_x = tf.reshape(maps[..., 2], [batch, -1]) * STRIDE
     offset_y = tf.reshape(maps[..., 3], [batch, -1]) * STRIDE
     grid_x, grid_y = cell_grid(tf, maps)
-    weights = tf.nn.softmax(where, axis=1)
+    weights = local_softmax(tf, heat, where, grid_x, grid_y)
     x = tf.reduce_sum(weights * (grid_x[None, :] + offset_x), axis=1)
     y = tf.reduce_sum(weights * (grid_y[None, :] + offset_y), axis=1)
     size = tf.cast(tf.shape(triplet), tf.float32)
@@ -98,6 +100,22 @@ def head(tf: Any, maps: Any, triplet: Any) -> tuple[Any, Any, Any, Any]:
     y_rel = tf.clip_by_value(y / size[1], 0.0, 1.0)
     outputs = tf.stack([score, x_rel, y_rel], axis=1)
     return outputs, heat, where, tf.stack([x, y], axis=1)
+
+
+def local_softmax(tf: Any, heat: Any, where: Any, grid_x: Any, grid_y: Any) -> Any:
+    """softmax(where) over the cells within WINDOW cells of the class map's peak, else 0.
+
+    Local: summed over a whole 256 px box (4096 cells), the background's small weights
+    would pull the position towards the box centre.
+    """
+    peak = tf.one_hot(tf.argmax(heat, axis=1), tf.shape(heat)[1])
+    peak_x = tf.reduce_sum(peak * grid_x[None, :], axis=1, keepdims=True)
+    peak_y = tf.reduce_sum(peak * grid_y[None, :], axis=1, keepdims=True)
+    distance2 = (grid_x[None, :] - peak_x) ** 2 + (grid_y[None, :] - peak_y) ** 2
+    near = distance2 <= float((WINDOW * STRIDE) ** 2)
+    masked = tf.where(near, where, tf.fill(tf.shape(where), -1e9))
+    weights = tf.exp(masked - tf.reduce_max(masked, axis=1, keepdims=True))
+    return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
 
 
 def serving_function(tf: Any, body: Any) -> Any:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from broker.tails import profiles
-from broker.tails.canvas import Objects, Params, paint
+from broker.tails.canvas import Objects, Params, Profile, Scale, paint
 from broker.tails.field import Conditions, Layers, galaxy_profile, paint_static, star_profile
 
 COMET = "comet"
@@ -34,14 +34,17 @@ def log_uniform(rng: np.random.Generator, low: float, high: float, size: int) ->
 
 
 def comet_profile(dx: np.ndarray, dy: np.ndarray, p: Params) -> np.ndarray:
-    """Coma (1/rho) + nucleus (PSF) + tail, averaged over the motion during the exposure."""
-    coma = nucleus = tail = np.zeros(np.broadcast_shapes(np.shape(dx), np.shape(dy)))
+    """Coma (1/rho) + nucleus (PSF), averaged over the motion during the exposure, + tail.
+
+    The tail is drawn at mid-exposure: a few pixels of motion do not show on a diffuse fan.
+    """
+    coma = nucleus = np.zeros(np.broadcast_shapes(np.shape(dx), np.shape(dy)))
     for step in np.linspace(-0.5, 0.5, profiles.TRAIL_STEPS):
         x = dx - step * p["motion"] * np.cos(p["motion_angle"])
         y = dy - step * p["motion"] * np.sin(p["motion_angle"])
         coma = coma + profiles.coma(x, y, p["radius"], p["fwhm"])
         nucleus = nucleus + profiles.moffat(x, y, p["fwhm"])
-        tail = tail + profiles.tail(x, y, p["length"], p["angle"], p["opening"], p["fwhm"])
+    tail = profiles.tail(dx, dy, p["length"], p["angle"], p["opening"], p["fwhm"])
 
     def unit(image: np.ndarray) -> np.ndarray:
         return image / np.maximum(image.sum(axis=(-2, -1), keepdims=True), 1e-300)
@@ -74,9 +77,10 @@ def add_comets(
         motion=rng.uniform(0.0, 3.0, count),
         motion_angle=rng.uniform(0.0, 2 * np.pi, count),
     )
-    half = int(min(3.0 * max(float(np.max(length, initial=0)), 2 * float(np.max(radius))), 160))
-    for target in (layers.science, layers.difference):
-        paint(target, subjects, comet_profile, half + 6, snr, "snr", cond.difference_noise)
+    reach = 3.0 * max(float(np.max(length, initial=0)), 2 * float(np.max(radius, initial=0)))
+    # No patch larger than the image is needed: a comet at an edge still fills all of it.
+    half = int(min(reach + 6, max(layers.science.shape[1:])))
+    _transient(layers, subjects, comet_profile, half, snr, cond, "snr")
 
 
 def add_negatives(
@@ -97,13 +101,28 @@ def add_negatives(
     return got
 
 
+def _transient(
+    layers: Layers,
+    objects: Objects,
+    profile: Profile,
+    half: int,
+    amount: np.ndarray,
+    cond: Conditions,
+    scale: Scale,
+) -> None:
+    """Something new since the reference: drawn once, added to science and difference."""
+    drawn = np.zeros_like(layers.science)
+    paint(drawn, objects, profile, half, amount, scale, cond.difference_noise)
+    layers.science += drawn
+    layers.difference += drawn
+
+
 def _point_source(
     rng: np.random.Generator, layers: Layers, cond: Conditions, objs: Objects, snr: np.ndarray
 ) -> np.ndarray:
     """A supernova-like PSF, half of them on a host galaxy a few pixels away."""
     objs.params.update(fwhm=cond.fwhm[objs.image], sx=np.zeros(len(objs)), sy=np.zeros(len(objs)))
-    for target in (layers.science, layers.difference):
-        paint(target, objs, star_profile, 12, snr, "snr", cond.difference_noise)
+    _transient(layers, objs, star_profile, 12, snr, cond, "snr")
     hosted = objs.take(np.flatnonzero(rng.uniform(size=len(objs)) < 0.5))
     offset = rng.normal(0.0, 2.5, (2, len(hosted)))
     host = Objects(hosted.image, hosted.x + offset[0], hosted.y + offset[1], {})
@@ -126,8 +145,7 @@ def _variable_star(
     paint_static(layers, objs, cond, star_profile, 12, flux)
     sign = np.where(rng.uniform(size=len(objs)) < 0.7, 1.0, -1.0)
     objs.params.update(fwhm=cond.fwhm[objs.image], sx=zero, sy=zero)
-    for target in (layers.science, layers.difference):
-        paint(target, objs, star_profile, 12, sign * snr, "snr", cond.difference_noise)
+    _transient(layers, objs, star_profile, 12, sign * snr, cond, "snr")
     return snr
 
 
@@ -140,8 +158,7 @@ def _cosmic_ray(
         fwhm=rng.uniform(0.5, 0.9, len(objs)),
         half_length=rng.choice([0.0, 1.0, 3.0, 6.0], len(objs)) * rng.uniform(size=len(objs)),
     )
-    for target in (layers.science, layers.difference):
-        paint(target, objs, _segment, 10, snr, "snr", cond.difference_noise)
+    _transient(layers, objs, _segment, 10, snr, cond, "snr")
     return snr
 
 
@@ -195,8 +212,7 @@ def _satellite(
     )
     _, height, width = layers.science.shape
     half = int(np.hypot(height, width)) + 2
-    for target in (layers.science, layers.difference):
-        paint(target, objs, _segment, half, peak, "peak", cond.difference_noise)
+    _transient(layers, objs, _segment, half, peak, cond, "peak")
     return peak
 
 
@@ -209,8 +225,7 @@ def _asteroid(
         length=rng.uniform(0.0, 12.0, len(objs)),
         angle=rng.uniform(0.0, np.pi, len(objs)),
     )
-    for target in (layers.science, layers.difference):
-        paint(target, objs, _trail, 14, snr, "snr", cond.difference_noise)
+    _transient(layers, objs, _trail, 14, snr, cond, "snr")
     return snr
 
 

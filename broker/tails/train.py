@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ class Arrays:
     dropped: int = 0
 
     @classmethod
-    def from_chunks(cls, chunks: Any) -> Arrays:
+    def from_chunks(cls, chunks: Iterable[Dataset]) -> Arrays:
         parts: list[Arrays] = []
         for chunk in chunks:
             parts.append(cls.from_dataset(chunk))
@@ -143,7 +144,8 @@ def _fit(tf: Any, body: Any, data: Arrays, config: TrainConfig) -> list[dict[str
         batches = len(order) // config.batch
         for index in range(batches):
             rows = np.sort(order[index * config.batch : (index + 1) * config.batch])
-            parts = step(data.inputs[rows], data.labels[rows], data.positions[rows])
+            inputs, positions = augment(rng, data.inputs[rows], data.positions[rows])
+            parts = step(inputs, data.labels[rows], positions)
             totals += np.array([float(value) for value in parts])
         mean = totals / max(batches, 1)
         history.append(
@@ -157,6 +159,23 @@ def _fit(tf: Any, body: Any, data: Arrays, config: TrainConfig) -> list[dict[str
             time.perf_counter() - started,
         )
     return history
+
+
+def augment(
+    rng: np.random.Generator, inputs: np.ndarray, positions: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """One of the 8 flips/transposes of the square images, with the positions to match:
+    comets and artefacts have no preferred orientation, so this is free extra data."""
+    size = inputs.shape[1]
+    x, y = positions[:, 0].copy(), positions[:, 1].copy()
+    flips = rng.integers(0, 2, 3)
+    if flips[0]:
+        inputs, x = inputs[:, :, ::-1], size - 1 - x
+    if flips[1]:
+        inputs, y = inputs[:, ::-1], size - 1 - y
+    if flips[2]:
+        inputs, x, y = inputs.transpose(0, 2, 1, 3), y, x
+    return np.ascontiguousarray(inputs), np.stack([x, y], axis=1).astype(np.float32)
 
 
 def _train_step(tf: Any, body: Any, optimizer: Any) -> Any:

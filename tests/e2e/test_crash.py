@@ -23,6 +23,7 @@ from tests.pipeline_helpers import (
     BrokerProcess,
     Rig,
     committed,
+    light_curve_duplicates,
     open_rig,
     output_record,
     produce,
@@ -31,7 +32,7 @@ from tests.pipeline_helpers import (
 
 ALERTS = 2000
 PARTITIONS = 3
-KILLS = 4
+KILLS = 3
 Db = Database[dict[str, Any]]
 
 
@@ -53,6 +54,7 @@ def rig(
             # Small batches: a kill lands between commits, with batches in flight.
             NIGHTJAR_DISPATCH__BATCH_SIZE="100",
             NIGHTJAR_DISPATCH__BATCH_SECONDS="0.2",
+            NIGHTJAR_DISPATCH__MAX_IN_FLIGHT="2",
             # A restarted member takes its partitions over at once (static membership, as a
             # StatefulSet would run it) instead of waiting out the dead member's session.
             NIGHTJAR_KAFKA__EXTRA=f'{{"group.instance.id": "{group_id}-0"}}',
@@ -71,11 +73,11 @@ def test_killed_and_restarted_broker_stores_each_alert_once(
 
     rng = random.Random(20200202)
     progress = [kill_after_progress(rig, mongo_db, kafka_admin, rng) for _ in range(KILLS)]
-    # Each run committed more than the one before, and at least one kill hit mid-stream.
+    # Each run committed more than the one before, and was killed mid-stream.
     assert progress == sorted(progress) and len(set(progress)) == KILLS, progress
-    assert progress[-2] < ALERTS, progress
+    assert progress[-1] < ALERTS, progress
 
-    finished = rig.run(timeout=180)
+    finished = rig.run(timeout=400)
     assert "done:" in finished.log
     alerts_collection = mongo_db["alerts"]
     assert alerts_collection.count_documents({}) == ALERTS
@@ -84,9 +86,12 @@ def test_killed_and_restarted_broker_stores_each_alert_once(
     assert index["unique"] and index["key"] == [("survey", 1), ("candid", 1)]
     assert sum(committed(kafka_admin, rig.group_id, rig.topics[0], PARTITIONS).values()) == ALERTS
 
-    published = [output_record(m.value)["candid"] for m in read_topic(rig.bootstrap, rig.output_topic("ztf"))]
+    published = [
+        output_record(m.value)["candid"] for m in read_topic(rig.bootstrap, rig.output_topic("ztf"))
+    ]
     assert set(published) == candids  # at least once; a killed batch may go out twice
     assert len(published) >= ALERTS
+    assert light_curve_duplicates(mongo_db) == {}
 
 
 def kill_after_progress(rig: Rig, db: Db, admin: AdminClient, rng: random.Random) -> int:
@@ -100,7 +105,7 @@ def kill_after_progress(rig: Rig, db: Db, admin: AdminClient, rng: random.Random
         message="a commit by the restarted broker",
     )
     assert process.running(), f"broker exited early:\n{process.log}"
-    target = db["alerts"].count_documents({}) + rng.randint(0, 250)
+    target = db["alerts"].count_documents({}) + rng.randint(0, 200)
     poll_until(
         lambda: db["alerts"].count_documents({}) >= target or done(rig, admin, process),
         timeout=60,

@@ -108,7 +108,7 @@ def test_candidates_page_in_chromium(
     config = settings(mongo_uri, mongo_db.name, fritz_db.name, port)
     stop = threading.Event()
     try:
-        assert len(FilterStage.from_settings(config, mongo_db).run([d["_id"] for d in docs])) == 5
+        assert len(FilterStage.from_settings(config, mongo_db).run(docs)) == 5
         sender = threading.Thread(target=Sender.from_settings(config).run, args=(stop,))
         sender.start()
         poll_until(

@@ -85,7 +85,9 @@ def replay(rig: Rig, shared_dir: Path) -> None:
 def verdicts(rig: Rig, shared_dir: Path) -> list[tuple[Record, Expected]]:
     """Each message of the input topic with what the broker should have done with it."""
     decoder = decoder_for(shared_dir / "lsst" / "schema")
-    return [(r, expected_outcome(decoder, r.value)) for r in read_topic(rig.bootstrap, rig.topics[0])]
+    return [
+        (r, expected_outcome(decoder, r.value)) for r in read_topic(rig.bootstrap, rig.topics[0])
+    ]
 
 
 def test_reference_alerts_are_stored_published_or_dead_lettered(
@@ -180,7 +182,9 @@ def candid_of(survey: str, record: dict[str, Any]) -> int:
 
 def check_dead_letters(rig: Rig, db: Db, bad: list[tuple[Record, str | None]]) -> None:
     """Each unusable message as received, with reason and origin, on the topic and in Mongo."""
-    dead = {m.headers["nightjar-offset"]: m for m in read_topic(rig.bootstrap, rig.dead_letter_topic)}
+    dead = {
+        m.headers["nightjar-offset"]: m for m in read_topic(rig.bootstrap, rig.dead_letter_topic)
+    }
     assert len(dead) == len(bad)
     rejected = {doc["_id"]: doc for doc in db["rejected"].find()}
     assert len(rejected) == len(bad)

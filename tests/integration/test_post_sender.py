@@ -86,14 +86,18 @@ class Stack:
     db: Database[dict[str, Any]]
     fritz_db: Database[dict[str, Any]]
     port: int = 0
+    # Generous by default: on a loaded 2-core CI machine a healthy call can take over a
+    # second, and a spurious timeout re-sends an (idempotent) PUT the tests count.
+    timeout: float = 3.0
     server: FritzServer | None = None
     senders: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
 
     def settings(self, token: str = TOKEN) -> Settings:
         server = {"port": self.port, "database": self.fritz_db.name, "tokens": [TOKEN],
                   "faults_enabled": True}  # fmt: skip
-        fritz = {"url": f"http://127.0.0.1:{self.port}", "token": token, "timeout_seconds": 0.5,
-                 "lease_seconds": 4.0, "backoff_seconds": 0.05, "backoff_max_seconds": 0.2,
+        fritz = {"url": f"http://127.0.0.1:{self.port}", "token": token,
+                 "timeout_seconds": self.timeout, "lease_seconds": 8 * self.timeout,
+                 "backoff_seconds": 0.05, "backoff_max_seconds": 0.2,
                  "poll_seconds": 0.05, "server": server}  # fmt: skip
         bts = {"name": "bts", "fritz_filter_id": 1, "group_ids": [1],
                "query": {"annotations.btsbot.score": {"$gte": 0.5}}}  # fmt: skip
@@ -176,7 +180,8 @@ def assert_landed_once(stack: Stack, *, annotation_puts_allowed: int = 0) -> Non
         return Counter(w.get("key") for w in writes if w["method"] == method and path in w["path"])
 
     assert count("POST", "/api/candidates") == Counter({job["candid"]: 1 for job in jobs})
-    assert sum(count("PUT", "/api/photometry").values()) == len(jobs)
+    retries = [(job["_id"], job["failures"], job["last_error"]) for job in jobs if job["failures"]]
+    assert sum(count("PUT", "/api/photometry").values()) == len(jobs), retries
     assert count("POST", "/api/thumbnail") == Counter(
         {"new": len(jobs), "ref": len(jobs), "sub": len(jobs)}
     )
@@ -227,15 +232,16 @@ def test_server_errors_are_retried(stack: Stack, alert_docs: list[AlertDocument]
 def test_stalled_requests_time_out_and_still_land_once(
     stack: Stack, alert_docs: list[AlertDocument]
 ) -> None:
-    # The service answers after the sender gave up (0.5 s) but still stores the post: the
+    # The service answers after the sender gave up (1 s) but still stores the post: the
     # retry must find it (HEAD/GET) rather than post it again.
+    stack.timeout = 1.0
     stack.filter_batch(alert_docs)
     stack.faults(
-        mode="stall", seconds=1.0, count=2, methods=["POST"], path_prefix="/api/candidates"
+        mode="stall", seconds=2.5, count=2, methods=["POST"], path_prefix="/api/candidates"
     )
     stack.start_sender()
     poll_until(lambda: stack.counts().get("done", 0) >= 2, timeout=60, message="two jobs done")
-    stack.faults(mode="stall", seconds=1.0, count=1, methods=["POST"], path_prefix="/api/sources")
+    stack.faults(mode="stall", seconds=2.5, count=1, methods=["POST"], path_prefix="/api/sources")
     stack.wait_all("done", ALERTS - 1)
     assert_landed_once(stack, annotation_puts_allowed=1)
     assert sum(job["failures"] for job in stack.db["outbox"].find()) == 3  # the three stalls

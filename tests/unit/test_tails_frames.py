@@ -47,7 +47,9 @@ def test_comets_in_a_full_quadrant_are_found_at_their_sky_positions(tmp_path: Pa
     rows = read_csv(out / f"{EXPOSURE}_detections.csv")
     assert rows and all((out / row["png"]).is_file() for row in rows)
     found = SkyCoord([float(r["ra"]) for r in rows], [float(r["dec"]) for r in rows], unit="deg")
-    truth = SkyCoord([c["ra"] for c in quadrant.comets], [c["dec"] for c in quadrant.comets], unit="deg")
+    truth = SkyCoord(
+        [c["ra"] for c in quadrant.comets], [c["dec"] for c in quadrant.comets], unit="deg"
+    )
     _, separation, _ = truth.match_to_catalog_sky(found)
     assert np.all(separation.arcsec < 3.0), separation.arcsec  # every comet, within 3"
     # Detections are merged across overlapping boxes: one per comet, few look-alikes.
@@ -79,7 +81,9 @@ def test_exposure_names_expand_to_the_irsa_layout() -> None:
     assert urls["reference"] == (
         f"{base}/ref/000/field000570/zr/ccd05/q3/ztf_000570_zr_c05_q3_refimg.fits"
     )
-    assert urls["difference"].endswith("ztf_20240101123456_000570_zr_c05_o_q3_scimrefdiffimg.fits.fz")
+    assert urls["difference"].endswith(
+        "ztf_20240101123456_000570_zr_c05_o_q3_scimrefdiffimg.fits.fz"
+    )
     with pytest.raises(images.ImageError, match="not a ZTF exposure name"):
         images.exposure_urls("ztf_2024_bad")
 

@@ -3,6 +3,7 @@ the Tails preprocessing, box tessellation, duplicate merging and stamp-offset sk
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 import broker.__main__
 from broker.__main__ import main
 from broker.tails import simulate as sim
-from broker.tails.canvas import Objects, paint
+from broker.tails.canvas import Objects, Params, paint
 from broker.tails.contract import offset_to_sky, preprocess
 from broker.tails.frames import Detection, box_starts, merge
 from broker.tails.profiles import moffat
@@ -59,7 +60,7 @@ def test_labels_describe_the_stamps(stamps: sim.Dataset) -> None:
 def test_comets_are_extended_and_point_sources_are_not(stamps: sim.Dataset) -> None:
     """Second moment of the difference within 8 px of the truth, for bright sources."""
 
-    def radius(index: int) -> float:
+    def radius(index: np.integer) -> float:
         diff = np.nan_to_num(stamps.images[index, :, :, 2])
         rows, cols = np.indices(diff.shape)
         dist = np.hypot(cols - stamps.x[index], rows - stamps.y[index])
@@ -78,7 +79,7 @@ def test_painting_to_an_snr_gives_that_matched_filter_snr() -> None:
     objects = Objects(np.array([0, 1]), np.array([20.3, 15.0]), np.array([19.6, 22.2]), {})
     objects.params["fwhm"] = np.array([2.0, 3.0])
 
-    def psf(dx: np.ndarray, dy: np.ndarray, p: dict[str, np.ndarray]) -> np.ndarray:
+    def psf(dx: np.ndarray, dy: np.ndarray, p: Params) -> np.ndarray:
         return moffat(dx, dy, p["fwhm"])
 
     sigma = np.array([7.0, 12.0])
@@ -140,7 +141,7 @@ def test_stamp_offsets_become_sky_offsets_north_up_east_left() -> None:
 def test_boxes_cover_the_frame_with_at_least_the_overlap(length: int) -> None:
     starts = box_starts(length)
     assert starts[0] == 0 and starts[-1] + 256 == length
-    assert all(b - a <= 236 for a, b in zip(starts, starts[1:], strict=False))
+    assert all(b - a <= 236 for a, b in itertools.pairwise(starts))
 
 
 def test_duplicates_from_overlapping_boxes_are_merged() -> None:

@@ -1,0 +1,161 @@
+"""broker.store on the real MongoDB-compatible server: idempotent writes, light curves, rejects."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from pymongo import MongoClient
+from pymongo.database import Database
+from pymongo.errors import DuplicateKeyError
+
+from broker import __version__, history
+from broker.decode import Decoder
+from broker.errors import TransientError
+from broker.records import Alert, AlertResult, Annotation, ModelSkip, Origin, Rejection
+from broker.settings import SchemaSettings
+from broker.simulate import simulate
+from broker.store import HISTORY_FIELDS, Store, object_key
+
+Db = Database[dict[str, Any]]
+
+
+@pytest.fixture(scope="module")
+def alerts() -> list[Alert]:
+    decoder = Decoder(SchemaSettings(), 4 << 20)
+    return [
+        decoder.decode(sim.data, Origin("in", 0, i))
+        for survey in ("ztf", "lsst")
+        for i, sim in enumerate(simulate(survey, 90, seed=21))
+    ]
+
+
+@pytest.fixture
+def store(mongo_db: Db) -> Store:
+    store = Store(mongo_db)
+    store.ensure_indexes()
+    return store
+
+
+def results_for(alerts: Sequence[Alert]) -> list[AlertResult]:
+    return [
+        AlertResult(
+            a.candid,
+            annotations=(Annotation("braai", "d6_m9", 0.5), Annotation("odd", "v1", math.nan)),
+            skipped=(ModelSkip("acai_h", "missing feature drb"),),
+        )
+        for a in alerts
+    ]
+
+
+def write_in_batches(store: Store, alerts: Sequence[Alert], size: int) -> None:
+    """As the pipeline does: each batch with the history stored before it."""
+    for start in range(0, len(alerts), size):
+        batch = alerts[start : start + size]
+        store.write(batch, results_for(batch), store.read_history(batch))
+
+
+def test_alert_documents_are_written_once_with_what_users_read(
+    store: Store, mongo_db: Db, alerts: list[Alert]
+) -> None:
+    some = alerts[:10] + alerts[-10:]
+    write_in_batches(store, some, len(some))
+    write_in_batches(store, some, 7)  # a replay: nothing added, nothing changed
+    assert mongo_db["alerts"].count_documents({}) == len(some)
+    for alert in (some[0], some[-1]):
+        doc = mongo_db["alerts"].find_one({"_id": alert.key})
+        assert doc is not None
+        assert (doc["survey"], doc["candid"], doc["objectId"]) == (
+            alert.survey,
+            alert.candid,
+            alert.object_id,
+        )
+        assert doc["candidate"] == history.clean(dict(alert.candidate))
+        assert not HISTORY_FIELDS & set(doc["packet"])
+        assert "candidate" not in doc["packet"] and "cutoutScience" not in doc["packet"]
+        assert doc["cutouts"]["science"] == alert.cutouts.science
+        assert doc["annotations"] == {
+            "braai": {"score": 0.5, "version": "d6_m9"},
+            "odd": {"score": None, "version": "v1"},  # NaN cannot be stored: None
+        }
+        assert doc["skipped"] == {"acai_h": "missing feature drb"}
+        assert doc["broker"] == f"nightjar {__version__}"
+        assert doc["origin"] == {"topic": "in", "partition": 0, "offset": alert.origin.offset}  # type: ignore[union-attr]
+
+
+def test_light_curves_merge_across_batches_in_any_order(
+    store: Store, mongo_db: Db, alerts: list[Alert]
+) -> None:
+    ztf = [a for a in alerts if a.survey == "ztf"]
+    # Newest first in small batches, as a lagging partition may deliver them.
+    write_in_batches(store, ztf[::-1], 15)
+    by_object: dict[str, list[Alert]] = {}
+    for alert in ztf:
+        by_object.setdefault(object_key("ztf", alert.object_id), []).append(alert)
+    assert max(len(group) for group in by_object.values()) >= 3
+    docs = {doc["_id"]: doc for doc in mongo_db["objects"].find()}
+    assert sorted(docs) == sorted(by_object)
+    for key, group in by_object.items():
+        keys = [history.point_key("ztf", point) for point in docs[key]["lightcurve"]]
+        assert len(keys) == len(set(keys)), f"{key}: a point twice"
+        expected = {history.point_key("ztf", p) for a in group for p in history.alert_points(a)}
+        assert set(keys) == expected
+        assert docs[key]["first_alert_jd"] == min(a.jd for a in group)
+        assert docs[key]["last_alert_jd"] == max(a.jd for a in group)
+        assert docs[key]["objectId"] == group[0].object_id
+
+
+def test_read_history_returns_the_stored_points_of_the_batch_objects(
+    store: Store, alerts: list[Alert]
+) -> None:
+    lsst = [a for a in alerts if a.survey == "lsst"]
+    assert store.read_history(lsst) == {}
+    write_in_batches(store, lsst[:20], 20)
+    found = store.read_history(lsst)
+    assert set(found) == {object_key("lsst", a.object_id) for a in lsst[:20]}
+    first = lsst[0]
+    keys = {history.point_key("lsst", p) for p in found[object_key("lsst", first.object_id)]}
+    assert ("id", first.candid) in keys
+
+
+def test_the_unique_index_refuses_a_second_document_for_one_candid(
+    store: Store, mongo_db: Db, alerts: list[Alert]
+) -> None:
+    write_in_batches(store, alerts[:1], 1)
+    index = mongo_db["alerts"].index_information()["survey_candid"]
+    assert index["unique"]
+    with pytest.raises(DuplicateKeyError):
+        mongo_db["alerts"].insert_one(
+            {"_id": "other", "survey": alerts[0].survey, "candid": alerts[0].candid}
+        )
+
+
+def test_rejections_are_stored_once_per_origin(store: Store, mongo_db: Db) -> None:
+    rejections = [
+        Rejection("undecodable", "truncated", b"\x00\x01", Origin("in", 2, 40)),
+        Rejection("bad_cutouts", "all NaN", b"Obj\x01", Origin("in", 2, 41), "ztf", 5, "ZTF1"),
+    ]
+    store.write_rejections(rejections)
+    store.write_rejections(rejections)  # the same messages read again after a crash
+    docs = {doc["_id"]: doc for doc in mongo_db["rejected"].find()}
+    assert sorted(docs) == ["in[2]@40", "in[2]@41"]
+    assert docs["in[2]@40"]["raw"] == b"\x00\x01" and docs["in[2]@40"]["reason"] == "undecodable"
+    assert (docs["in[2]@41"]["candid"], docs["in[2]@41"]["objectId"]) == (5, "ZTF1")
+
+
+def test_an_unreachable_server_is_a_transient_error(alerts: list[Alert]) -> None:
+    client: MongoClient[dict[str, Any]] = MongoClient(
+        "mongodb://127.0.0.1:9", serverSelectionTimeoutMS=300, connectTimeoutMS=300
+    )
+    store = Store(client["nowhere"])
+    try:
+        with pytest.raises(TransientError, match="not usable"):
+            store.ensure_indexes()
+        with pytest.raises(TransientError, match="unreachable"):
+            store.read_history(alerts[:2])
+        with pytest.raises(TransientError, match="unreachable"):
+            store.write(alerts[:2], results_for(alerts[:2]), {})
+    finally:
+        client.close()

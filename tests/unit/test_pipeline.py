@@ -1,0 +1,249 @@
+"""broker.pipeline without services: results split, scoring input, and the order of a batch's
+steps (store, publish, then commit) with in-memory stand-ins for the stages around the loop.
+
+The real Kafka and MongoDB path is in tests/integration and tests/e2e.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, cast
+
+import pytest
+
+from broker import history
+from broker.decode import Decoder
+from broker.pipeline import Batch, Pipeline, scoring_input, split_results
+from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
+from broker.settings import SchemaSettings
+from broker.simulate import simulate
+from broker.store import object_key
+
+TOPIC = "alerts"
+
+
+@pytest.fixture(scope="module")
+def decoder() -> Decoder:
+    return Decoder(SchemaSettings(), 4 << 20)
+
+
+@pytest.fixture(scope="module")
+def raws() -> list[bytes]:
+    return [sim.data for sim in simulate("ztf", 60, seed=9)]
+
+
+def decoded(decoder: Decoder, raws: list[bytes], count: int) -> list[Alert]:
+    return [decoder.decode(raw, Origin(TOPIC, 0, i)) for i, raw in enumerate(raws[:count])]
+
+
+def test_split_results_moves_worker_rejections_to_the_rejections(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    alerts = decoded(decoder, raws, 3)
+    undecodable = Rejection("undecodable", "junk", b"junk", Origin(TOPIC, 0, 9))
+    batch = Batch(alerts=alerts, rejections=[undecodable], source_ts=[10, 11, None])
+    results = [
+        AlertResult(alerts[0].candid, annotations=(Annotation("drb", "d6_m7", 0.5),)),
+        AlertResult(alerts[1].candid, rejected=("bad_cutouts", "science stamp is all NaN")),
+        AlertResult(alerts[2].candid),
+    ]
+    kept_alerts, kept, source_ts, rejections = split_results(batch, results)
+    assert kept_alerts == [alerts[0], alerts[2]]
+    assert kept == [results[0], results[2]]
+    assert source_ts == [10, None]
+    assert rejections[0] is undecodable
+    assert rejections[1] == Rejection(
+        "bad_cutouts",
+        "science stamp is all NaN",
+        alerts[1].raw,
+        Origin(TOPIC, 0, 1),
+        "ztf",
+        alerts[1].candid,
+        alerts[1].object_id,
+    )
+
+
+def test_split_results_refuses_a_short_answer(decoder: Decoder, raws: list[bytes]) -> None:
+    alerts = decoded(decoder, raws, 2)
+    batch = Batch(alerts=alerts, source_ts=[None, None])
+    with pytest.raises(RuntimeError, match="1 results for 2"):
+        split_results(batch, [AlertResult(alerts[0].candid)])
+
+
+def test_scoring_input_merges_stored_points_before_the_packet_history(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    alert = max(decoded(decoder, raws, 60), key=lambda a: len(a.history))
+    first_jd = min(entry["jd"] for entry in alert.history)
+    older = {**history.point("ztf", alert.candidate), "candid": 1, "jd": first_jd - 40.0}
+    own = history.point("ztf", alert.candidate)  # stored already (a replay): not its own history
+    stored = {object_key("ztf", alert.object_id): [own, older], "ztf:other": [older]}
+    item = scoring_input(alert, stored)
+    assert item.history[0] == older
+    assert len(item.history) == len(alert.history) + 1
+    assert alert.candid not in [entry["candid"] for entry in item.history]
+    assert (item.survey, item.candid, item.object_id, item.jd) == (
+        "ztf",
+        alert.candid,
+        alert.object_id,
+        alert.jd,
+    )
+    assert item.schema_version == alert.schema_version == "4.02"
+    assert item.cutouts is alert.cutouts and item.candidate is alert.candidate
+    assert scoring_input(alert, {}).history == alert.history
+
+
+# -- the loop, with in-memory stages -----------------------------------------------------
+
+
+@dataclass
+class FakeMessage:
+    """What the pipeline reads from a confluent_kafka.Message."""
+
+    raw: bytes
+    position: int
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self.position
+
+    def value(self) -> bytes:
+        return self.raw
+
+    def timestamp(self) -> tuple[int, int]:
+        return (1, 1_700_000_000_000 + self.position)
+
+
+class Stages:
+    """Consumer, dispatcher, store and publisher stand-ins writing one shared event log."""
+
+    def __init__(self, chunks: list[list[bytes]], failures: int = 0) -> None:
+        offset = 0
+        self.chunks: list[list[FakeMessage]] = []
+        for chunk in chunks:
+            self.chunks.append([FakeMessage(raw, offset + i) for i, raw in enumerate(chunk)])
+            offset += len(chunk)
+        self.failures = failures
+        self.events: list[tuple[str, Any]] = []
+        self.stored: list[Alert] = []
+        self.results: list[AlertResult] = []
+
+    # consumer
+    def poll_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:
+        return self.chunks.pop(0) if self.chunks else []
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        self.events.append(("commit", dict(offsets)))
+
+    def pause(self) -> None:
+        self.events.append(("pause", None))
+
+    def resume(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.events.append(("close", None))
+
+    # dispatcher
+    def submit(self, inputs: Sequence[ScoringInput]) -> Future[list[AlertResult]]:
+        future: Future[list[AlertResult]] = Future()
+        if self.failures:
+            self.failures -= 1
+            future.set_exception(RuntimeError("worker died"))
+        else:
+            annotation = (Annotation("model", "v1", 0.5),)
+            future.set_result([AlertResult(i.candid, annotations=annotation) for i in inputs])
+        return future
+
+    # store
+    def read_history(self, alerts: Sequence[Alert]) -> dict[str, list[dict[str, Any]]]:
+        return {}
+
+    def write(self, alerts: Sequence[Alert], results: Sequence[AlertResult], _: Any) -> list[Any]:
+        self.events.append(("store", [a.candid for a in alerts]))
+        self.stored.extend(alerts)
+        self.results.extend(results)
+        return []
+
+    def write_rejections(self, rejections: Sequence[Rejection]) -> None:
+        self.events.append(("store rejections", len(rejections)))
+
+    # publisher
+    def publish(self, alerts: Sequence[Alert], results: Any, source_ts: Any) -> dict[str, bytes]:
+        self.events.append(("publish", [a.candid for a in alerts]))
+        return {}
+
+    def dead_letter(self, rejections: Sequence[Rejection]) -> None:
+        self.events.append(("dead letter", [r.origin for r in rejections]))
+
+    def flush(self) -> None:
+        self.events.append(("flush", None))
+
+
+def run_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pipeline:
+    factory: Callable[[Any], Any] = lambda _on_revoke: stages  # noqa: E731
+    pipeline = Pipeline(
+        decoder=decoder,
+        consumer_factory=factory,
+        dispatcher=cast(Any, stages),
+        store=cast(Any, stages),
+        publisher=cast(Any, stages),
+        batch_size=10,
+        batch_seconds=0.01,
+        max_in_flight=max_in_flight,
+    )
+    pipeline.run(threading.Event(), exit_when_idle=0.05)
+    return pipeline
+
+
+def test_each_batch_is_stored_and_published_before_its_offsets_are_committed(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    stages = Stages([raws[0:3], [b"not avro", raws[3]], raws[4:6]])
+    pipeline = run_pipeline(decoder, stages, max_in_flight=1)
+    names = [name for name, _ in stages.events]
+    assert names == [
+        "store",
+        "store rejections",
+        "publish",
+        "dead letter",
+        "flush",
+        "commit",
+    ] * 3 + ["close"]
+    commits = [offsets for name, offsets in stages.events if name == "commit"]
+    assert commits == [{(TOPIC, 0): 3}, {(TOPIC, 0): 5}, {(TOPIC, 0): 7}]
+    assert [
+        origin for name, origins in stages.events if name == "dead letter" for origin in origins
+    ] == [Origin(TOPIC, 0, 3)]
+    assert len(stages.stored) == 6
+    assert (pipeline.stats.messages, pipeline.stats.stored, pipeline.stats.rejected) == (7, 6, 1)
+
+
+def test_a_failing_batch_is_retried_on_the_workers(decoder: Decoder, raws: list[bytes]) -> None:
+    stages = Stages([raws[0:4]], failures=2)
+    run_pipeline(decoder, stages)
+    assert len(stages.stored) == 4
+    assert all(result.annotations for result in stages.results)  # the third try scored them
+
+
+def test_a_batch_failing_every_time_is_stored_without_scores(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    stages = Stages([raws[0:4], raws[4:6]], failures=3)
+    run_pipeline(decoder, stages)
+    assert [a.candid for a in stages.stored] == [decoded_candid(decoder, r) for r in raws[:6]]
+    assert [bool(result.annotations) for result in stages.results] == [False] * 4 + [True] * 2
+    commits = [offsets for name, offsets in stages.events if name == "commit"]
+    assert commits == [{(TOPIC, 0): 4}, {(TOPIC, 0): 6}]
+
+
+def decoded_candid(decoder: Decoder, raw: bytes) -> int:
+    return decoder.decode(raw).candid
