@@ -99,6 +99,8 @@ class Marks:
     cpu_end: CpuSample | None = None
     live_rate: float = 0.0
     live_started_ms: int = 0
+    live_started: float = 0.0
+    live_done: float = 0.0
     end_stages: dict[str, float] = field(default_factory=dict)
     end_batches: int = 0
 
@@ -206,6 +208,7 @@ def run_scenario(
         marks.end_batches - marks.backlog_batches,
         len(live),
         marks.live_rate,
+        marks.live_done - marks.live_started,
     )
     return scenario_document(
         scenario,
@@ -316,6 +319,7 @@ class _Driver:
         )
         config["linger.ms"] = 1  # alerts go out as produced: latency is what we measure
         self.marks.live_started_ms = int(time.time() * 1000)
+        self.marks.live_started = self.watcher.clock()
         producer = threading.Thread(
             target=produce_paced,
             args=(live, settings.kafka.topics[0], config, self.marks.live_rate, self.stop),
@@ -329,6 +333,7 @@ class _Driver:
         ) as bar:
             done = self.watcher.wait_for(backlog + len(live), timeout, self.stop, bar)
         producer.join(timeout=30)
+        self.marks.live_done = done or 0.0
         if done is None:
             raise BenchError(
                 f"the latency phase finished {self.watcher.finished() - backlog} of {len(live)} "

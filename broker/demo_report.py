@@ -165,7 +165,7 @@ def outbox_counts(
         status = str(job.get("status"))
         counts.setdefault(str(job.get("filter")), Counter())[status] += 1
         if status == "failed":
-            failures[re.sub(r"\b(ZTF\w+|\d{3,})\b", "#", str(job.get("last_error")))[:160]] += 1
+            failures[re.sub(r"\b(ZTF\w+|\d{6,})\b", "#", str(job.get("last_error")))[:160]] += 1
     return {name: dict(counter) for name, counter in counts.items()}, dict(failures)
 
 

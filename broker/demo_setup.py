@@ -21,8 +21,8 @@ from broker.bench_io import admin_client, delete_topics, drop_database, model_in
 from broker.errors import ConfigError, NightjarError, ServiceError
 from broker.models.fetch import fetch as fetch_model
 from broker.models.registry import load_registry
-from broker.services import create, supervisor
-from broker.services.base import Layout
+from broker.services import supervisor
+from broker.services.base import Layout, Service
 from broker.services.ferretdb import FerretDBService
 from broker.services.fritz import FritzService
 from broker.services.kafka import KafkaService
@@ -125,24 +125,30 @@ def ensure_services(settings: Settings, say: Say, start: bool) -> bool:
     env = dict(os.environ)
     fritz = FritzService(env)
     problem = unreachable(settings, timeout=3)
-    if problem is None and fritz.probe() is None:
-        return True
-    if not start:
+    if problem is not None:
+        required = [s for s in (KafkaService(env), FerretDBService(env)) if s.probe() is not None]
+        if not start or not required:
+            # Not ours to start (or not asked to): the configured address does not answer.
+            raise ServiceError(problem)
+        _start(required, env, say)
+        problem = unreachable(settings, timeout=10)
         if problem is not None:
             raise ServiceError(problem)
+    if fritz.probe() is None:
+        return True
+    if not start:
         return False
-    down = [
-        service
-        for service in (KafkaService(env), FerretDBService(env), fritz)
-        if service.probe() is not None
-    ]
-    say(f"starting local services: {', '.join(s.name for s in down)} (nightjar services up)")
-    layout = Layout.from_env(env, Path.cwd())
-    supervisor.up(create([s.name for s in down], env), layout, say)
-    problem = unreachable(settings, timeout=10)
-    if problem is not None:
-        raise ServiceError(problem)
-    return fritz.probe() is None
+    try:
+        _start([fritz], env, say)
+    except ServiceError as exc:
+        say(f"the Fritz-like API did not start, so nothing is posted: {exc}")
+        return False
+    return True
+
+
+def _start(services: Sequence[Service], env: dict[str, str], say: Say) -> None:
+    say(f"starting {', '.join(s.name for s in services)} (as `nightjar services up` does)")
+    supervisor.up(services, Layout.from_env(env, Path.cwd()), say)
 
 
 def ensure_models(

@@ -237,7 +237,12 @@ class Pipeline:
     ) -> list[AlertDocument]:
         # History read again: the batches ahead of this one were stored after it read its
         # own, and a detection's candidate and history points differ ($addToSet keeps both).
-        docs = self.store.write(alerts, results, self.store.read_history(alerts))
+        started = time.perf_counter()
+        stored_history = self.store.read_history(alerts)
+        self._timed("store_history", started)
+        docs = self.store.write(alerts, results, stored_history)
+        for stage, seconds in self.store.timings.items():
+            self._add(stage, seconds)
         self.store.write_rejections(rejections)
         return docs
 
@@ -288,7 +293,9 @@ class Pipeline:
                 delay = min(delay * 2, RETRY_BACKOFF_MAX)
 
     def _timed(self, stage: str, started: float) -> None:
-        elapsed = time.perf_counter() - started
+        self._add(stage, time.perf_counter() - started)
+
+    def _add(self, stage: str, elapsed: float) -> None:
         STAGE_SECONDS.labels(stage).observe(elapsed)
         self.stats.stage_seconds[stage] = self.stats.stage_seconds.get(stage, 0.0) + elapsed
 

@@ -9,6 +9,7 @@ no duplicate; the history of a batch is read with one query.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypedDict
@@ -83,6 +84,8 @@ class Store:
         self.alerts = db["alerts"]
         self.objects = db["objects"]
         self.rejected = db["rejected"]
+        # Seconds spent by the last write() in each collection, for per-stage figures.
+        self.timings: dict[str, float] = {}
 
     def ensure_indexes(self) -> None:
         try:
@@ -115,14 +118,18 @@ class Store:
         """
         if not alerts:
             return []
+        started = time.perf_counter()
         now = datetime.now(UTC)
         docs = [alert_document(a, r, now) for a, r in zip(alerts, results, strict=True)]
         with _transient("store alerts"):
             _insert_ignoring_duplicates(self.alerts, docs)
+        self.timings["store_alerts"] = time.perf_counter() - started
+        started = time.perf_counter()
         updates = object_updates(alerts, stored_history)
         if updates:
             with _transient("update objects"):
                 self.objects.bulk_write(updates, ordered=False)
+        self.timings["store_objects"] = time.perf_counter() - started
         return docs
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:

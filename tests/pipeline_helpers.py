@@ -98,6 +98,15 @@ class BrokerProcess:
         self.popen.send_signal(signal.SIGTERM)
         return self.wait(timeout)
 
+    def kill_after(self, seconds: float) -> bool:
+        """SIGKILL it unless it exits by itself within `seconds`; True when it was killed."""
+        try:
+            self.popen.wait(seconds)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return True
+        return False
+
     def kill(self) -> None:
         """SIGKILL the broker and every process it started (a crash, no clean-up)."""
         with suppress(ProcessLookupError):

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 FPR_TARGETS = (1e-2, 1e-3, 1e-4)
 MAIN_FPR = 1e-3
-SNR_BINS = (4.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0, 150.0)
+SNR_BINS = (5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0, 150.0)
 BRIGHT_SNR = 10.0
 GALLERY = 8
 TIMING_EXAMPLES = 2048

@@ -17,7 +17,13 @@ from astropy.wcs import WCS
 from broker.tails.canvas import Objects
 from broker.tails.contract import ZTF_PIXEL_SCALE
 from broker.tails.field import Conditions, Layers, add_field, finish
-from broker.tails.subjects import NEGATIVES, add_comets, add_negatives, log_uniform
+from broker.tails.subjects import (
+    NEGATIVES,
+    SNR_RANGE,
+    add_comets,
+    add_negatives,
+    log_uniform,
+)
 
 SHAPE = (3080, 3072)  # rows (NAXIS2), columns (NAXIS1) of a ZTF quadrant
 SUFFIXES = ("sciimg", "refimg", "scimrefdiffimg")
@@ -88,7 +94,7 @@ def _lookalikes(
     subjects = Objects(
         np.zeros(count, int), rng.uniform(0, width, count), rng.uniform(0, height, count), {}
     )
-    add_negatives(rng, layers, cond, subjects, kinds, log_uniform(rng, 4.0, 150.0, count))
+    add_negatives(rng, layers, cond, subjects, kinds, log_uniform(rng, *SNR_RANGE, count))
 
 
 def write_fits(quadrant: Quadrant, folder: Path, stem: str) -> list[Path]:

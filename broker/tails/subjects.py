@@ -26,7 +26,7 @@ NEGATIVES = {
     "empty": 0.07,
 }
 KINDS = (COMET, *NEGATIVES)
-SNR_RANGE = (4.0, 150.0)  # matched-filter SNR: from bright down to the detection limit
+SNR_RANGE = (5.0, 150.0)  # matched-filter SNR: from bright down to ZTF's 5 sigma limit
 
 
 def log_uniform(rng: np.random.Generator, low: float, high: float, size: int) -> np.ndarray:

@@ -26,7 +26,11 @@ from broker.tails.simulate import Dataset, iter_chunks, iter_shards
 log = logging.getLogger(__name__)
 
 POSITION_WEIGHT = 0.05  # pixels^2-ish Huber loss vs. the classification's nats
-HEAT_WEIGHT = 0.1
+HEAT_WEIGHT = 0.05
+# Negatives count this much more in the image-level loss: the operating points that matter
+# allow 1 false positive in 1,000, so a look-alike must not be called a comet unless the
+# evidence is clear (faint, compact comets are as often look-alikes: they pay for it).
+NEGATIVE_WEIGHT = 4.0
 HEAT_SIGMA = 4.0  # pixels: width of the heat-map target around the comet
 
 
@@ -209,9 +213,9 @@ def losses(
     the comet, and cross-entropy of softmax(location map) against the same bump, normalised).
     """
     heat, where = logits
-    classify = tf.reduce_mean(
-        tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=tf.reduce_max(heat, 1))
-    )
+    weights = labels + NEGATIVE_WEIGHT * (1.0 - labels)
+    image = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=tf.reduce_max(heat, 1))
+    classify = tf.reduce_sum(weights * image) / tf.reduce_sum(weights)
     error = tf.abs(predicted - positions)
     huber = tf.where(error < 1.0, 0.5 * error**2, error - 0.5)
     comets = tf.maximum(tf.reduce_sum(labels), 1.0)

@@ -72,6 +72,18 @@ def test_stage_breakdown_accounts_for_the_whole_wall_time() -> None:
     assert table["bottleneck"].startswith("main loop (4.00 ms/alert), mostly store")
 
 
+def test_parts_of_a_stage_are_nested_not_counted_twice() -> None:
+    stages = {"decode": 1.0, "store": 3.0, "store_objects": 2.0, "store_alerts": 0.5}
+    table = stage_breakdown(stages, wall_seconds=5.0, alerts=1000, workers=None)
+    assert "store_objects" not in table
+    assert table["store"]["parts"] == {
+        "store_alerts": {"seconds": 0.5, "ms_per_alert": 0.5},
+        "store_objects": {"seconds": 2.0, "ms_per_alert": 2.0},
+    }
+    assert table["dispatch_and_wait"]["seconds"] == pytest.approx(1.0)  # 5 - (1 + 3)
+    assert table["bottleneck"] == "main loop (4.00 ms/alert), mostly store (store_objects)"
+
+
 def test_bottleneck_names_the_workers_when_they_are_slower() -> None:
     workers = WorkerCost(alerts=100, annotate_seconds=1.2, threads=2)  # 12 ms, 6 per thread
     assert bottleneck({"store": 0.3}, 100, workers) == "workers (6.00 ms/alert over 2 threads)"
@@ -97,7 +109,7 @@ def test_scenario_documents_have_the_published_shape() -> None:
         alerts=500, annotate_seconds=2.0, model_seconds={"braai": 0.5}, threads=2,
         ceiling_alerts_per_s=400.0,
     )  # fmt: skip
-    phase = phase_document(stages, {k: v * 2 for k, v in stages.items()}, 10, 1000, 210.0)
+    phase = phase_document(stages, {k: v * 2 for k, v in stages.items()}, 10, 1000, 210.0, 5.0)
     models = scenario_document("models", 2000, 8.0, stages, [100.0, 200.0], workers, phase, {})
     assert models["sustained_alerts_per_s"] == 250.0
     assert models["model_only_ceiling_alerts_per_s"] == 400.0
@@ -106,6 +118,8 @@ def test_scenario_documents_have_the_published_shape() -> None:
     assert models["target"] == TARGETS["models"]
     assert models["latency_ms"]["n"] == 2
     assert models["latency_phase"]["mean_batch_alerts"] == 100.0
+    assert models["latency_phase"]["achieved_alerts_per_s"] == 200.0
+    assert models["latency_phase"]["kept_up"] is True  # 200 >= 0.95 x 210
     assert models["latency_phase"]["stages_ms_per_alert"]["store"] == 1.0
     assert models["stages_seconds"]["workers"]["models_ms_per_alert"] == {"braai": 1.0}
     passthrough = scenario_document("passthrough", 2000, 1.6, stages, [], None)
@@ -113,6 +127,14 @@ def test_scenario_documents_have_the_published_shape() -> None:
     assert "model_only_ceiling_alerts_per_s" not in passthrough
     for document in (models, passthrough):
         assert json.loads(json.dumps(document)) == document  # plain JSON data only
+
+
+def test_latency_phase_that_falls_behind_is_flagged() -> None:
+    phase = phase_document({}, {"store": 30.0}, 6, 1000, rate=20.0, seconds=110.0)
+    assert phase["achieved_alerts_per_s"] == 9.1 and phase["kept_up"] is False
+    assert phase["stages_ms_per_alert"] == {"store": 30.0}
+    assert phase["mean_batch_alerts"] == pytest.approx(166.7)
+    assert phase_document({}, {}, 0, 0, 20.0, 0.0)["kept_up"] is False
 
 
 def test_watcher_backdates_the_first_read_and_waits_for_the_count() -> None:

@@ -21,6 +21,7 @@ from astropy.io import fits
 from broker.__main__ import main
 from broker.cli.score import scoring_input
 from broker.decode import Decoder
+from broker.errors import ConfigError
 from broker.models.fetch import fetch
 from broker.models.registry import load_registry
 from broker.records import Annotation, Cutouts, ModelSkip, ScoringInput
@@ -209,3 +210,12 @@ def test_the_default_detector_finds_simulated_comets(default_models: Path) -> No
     y = np.array([tails_of(r.annotations).extra["y"] for r in results])
     error = np.hypot(x - data.x, y - data.y)[bright]
     assert np.sqrt(np.mean(error**2)) < 3.0
+
+
+def test_a_registry_entry_without_the_contract_shape_is_refused(tmp_path: Path) -> None:
+    settings, _ = install(tmp_path, 63)
+    registry = yaml.safe_load(settings.registry.read_text())
+    registry["models"]["tails"]["inputs"][0]["shape"] = [63, 63]
+    settings.registry.write_text(yaml.safe_dump(registry))
+    with pytest.raises(ConfigError, match=r"kind tails takes one input of shape \[H, W, 3\]"):
+        Annotator.from_settings(settings)

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from broker.errors import ConfigError
 from broker.models.manifest import Manifest
 from broker.models.registry import ModelSpec
 from broker.records import Annotation, ModelSkip, ScoringInput
@@ -27,6 +28,11 @@ class Tails(OnnxModel):
     def __init__(self, spec: ModelSpec, settings: ModelSettings, manifest: Manifest) -> None:
         super().__init__(spec, settings, manifest)
         shape = spec.inputs[0].shape
+        if len(spec.inputs) != 1 or len(shape) != 3 or shape[2] != 3:
+            raise ConfigError(
+                f"model {spec.name}: kind tails takes one input of shape [H, W, 3] (the Tails "
+                f"contract), the registry lists {[list(t.shape) for t in spec.inputs]}"
+            )
         self.size = (int(shape[0]), int(shape[1]))
         # Arcsec per stamp pixel for the sky position; ZTF's by default.
         self.pixel_scale = float(spec.options.get("pixel_scale_arcsec", ZTF_PIXEL_SCALE))
@@ -36,6 +42,8 @@ class Tails(OnnxModel):
             return []
         inputs, reasons = self.inputs(context.stamps)
         outputs = self.infer({self.spec.inputs[0].name: inputs})
+        if outputs.shape[1] < 3:
+            raise ValueError(f"{outputs.shape[1]} output columns, not [p_comet, x_rel, y_rel]")
         x, y = rel_to_pixels(outputs, *self.size)
         return [
             self._outcome(item, stamps, outputs[row, 0], x[row], y[row], reasons[row])
