@@ -166,7 +166,8 @@ def phase_document(
 
     `seconds` runs from the first paced message to the last one finished; when the broker
     finishes clearly slower than alerts arrive (`kept_up` false), the latencies measure a
-    growing queue rather than the pipeline's own delay.
+    growing queue rather than the pipeline's own delay. Parts of a stage (`store_objects`)
+    are listed beside it and already included in it.
     """
     per_alert = 1000 / alerts if alerts else 0.0
     achieved = alerts / seconds if seconds > 0 else 0.0

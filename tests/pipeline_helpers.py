@@ -87,11 +87,30 @@ class BrokerProcess:
         try:
             self.popen.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.kill()
             raise AssertionError(
-                f"nightjar run still running after {timeout:.0f} s; log:\n{self.log[-6000:]}"
+                f"nightjar run still running after {timeout:.0f} s; {self.stacks_and_kill()}"
             ) from None
         return Finished(self.popen.returncode, self.log, time.monotonic() - self.started)
+
+    def stacks_and_kill(self) -> str:
+        """For a broker that hangs: its threads' stacks (faulthandler on SIGABRT), then
+        SIGKILL; returns the end of its log, stacks included."""
+        with suppress(ProcessLookupError):
+            self.popen.send_signal(signal.SIGABRT)
+        with suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+        self.kill()
+        return f"log (ends with the stacks of every thread):\n{self.log[-12000:]}"
+
+    @contextmanager
+    def diagnosed(self) -> Iterator[None]:
+        """An AssertionError inside (a deadline missed) also reports where the broker was."""
+        try:
+            yield
+        except AssertionError as exc:
+            if not self.running():
+                raise
+            raise AssertionError(f"{exc}\n{self.stacks_and_kill()}") from None
 
     def terminate(self, timeout: float = 60.0) -> Finished:
         """SIGTERM: the broker finishes its batches in flight and exits."""
@@ -147,6 +166,7 @@ class Rig:
             NIGHTJAR_MODELS__DIR=str(self.workdir / "no-models"),  # empty: pass-through scorer
             NIGHTJAR_MODELS__PROVIDER="cpu",
             NIGHTJAR_FILTERS__DEFINITIONS="[]",
+            PYTHONFAULTHANDLER="1",  # SIGABRT prints every thread's stack (hangs)
         )
         env.update(self.settings)
         env.update(overrides)

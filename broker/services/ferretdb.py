@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Mapping
@@ -25,7 +26,14 @@ log = logging.getLogger(__name__)
 
 FERRETDB_VERSION = "v1.24.2"
 SOURCE = SOURCES / "ferretdb"
-SOURCE_FILES = ("go.mod", "go.sum", "main.go")
+SOURCE_FILES = ("go.mod", "go.sum", "main.go", "patches/metadata.go")
+# Files of services/ferretdb/patches/ laid over the vendored FerretDB source before building
+# (the Go toolchain refuses overlays of module-cache files, hence `go mod vendor`).
+PATCHES = {
+    "patches/metadata.go": (
+        "github.com/FerretDB/FerretDB/internal/backends/sqlite/metadata/metadata.go"
+    ),
+}
 PORT_ENV = "NIGHTJAR_SERVICES_FERRETDB_PORT"
 MIN_GO = (1, 24)  # FerretDB v1.24.2's go.mod says `go 1.24`
 
@@ -83,10 +91,19 @@ class FerretDBService(Service):
         )
 
         def compile_binary(folder: Path) -> None:
-            # -mod=readonly: go.sum is the pin; a build never rewrites it.
-            argv = [go, "build", "-trimpath", "-buildvcs=false", "-mod=readonly"]
+            work = folder / "src"
+            shutil.copytree(SOURCE, work)
+            # go.sum pins every module; `go mod vendor` copies them so the patches can apply.
+            build.run_step(
+                [go, "mod", "vendor"], what="go mod vendor", cwd=work, log_path=build_log,
+                timeout=3600,
+            )  # fmt: skip
+            for patch, target in PATCHES.items():
+                shutil.copyfile(work / patch, work / "vendor" / target)
+            argv = [go, "build", "-trimpath", "-buildvcs=false", "-mod=vendor"]
             argv += ["-o", str(folder / "ferretdb"), "."]
-            build.run_step(argv, what="go build", cwd=SOURCE, log_path=build_log, timeout=3600)
+            build.run_step(argv, what="go build", cwd=work, log_path=build_log, timeout=3600)
+            shutil.rmtree(work)
 
         began = time.monotonic()
         build.build_once(binary.parent, compile_binary)

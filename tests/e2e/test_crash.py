@@ -102,12 +102,13 @@ def kill_after_progress(rig: Rig, admin: AdminClient, rng: random.Random) -> int
     before = total_committed(rig, admin)
     process = rig.start()
     started = time.monotonic()
-    poll_until(
-        lambda: total_committed(rig, admin) > before or not process.running(),
-        timeout=300,
-        interval=0.2,
-        message="a commit by the restarted broker",
-    )
+    with process.diagnosed():
+        poll_until(
+            lambda: total_committed(rig, admin) > before or not process.running(),
+            timeout=300,
+            interval=0.2,
+            message="a commit by the restarted broker",
+        )
     assert process.running(), f"broker exited early:\n{process.log}"
     assert process.kill_after(rng.uniform(0.0, time.monotonic() - started)), process.log
     return total_committed(rig, admin)
