@@ -39,7 +39,8 @@ class Dispatcher:
                 n_workers=dispatch.local_workers,
                 threads_per_worker=dispatch.local_threads_per_worker,
                 processes=dispatch.local_processes,
-                dashboard_address=None,
+                # Any free port: a fixed 8787 clashes with other clusters on the machine.
+                dashboard_address=":0",
                 silence_logs=logging.WARNING,
             )
             self.client = Client(self._cluster)

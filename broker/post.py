@@ -267,7 +267,14 @@ class Sender:
             # An earlier attempt reached SkyPortal but its success was never recorded.
             return {"already_posted": True}
         payload = candidate_payload(job, data.alert, self.fritz.origin)
-        _, result = self.client.call("candidates", "POST", "/api/candidates", payload=payload)
+        try:
+            _, result = self.client.call("candidates", "POST", "/api/candidates", payload=payload)
+        except Rejected as exc:
+            # SkyPortal refuses a second (object, filter, alert) candidate: if this very alert
+            # is the one on record (a re-run, or an earlier attempt's lost answer), it landed.
+            if exc.status == 400 and self._candidate_exists(job):
+                return {"already_posted": True}
+            raise
         log.debug("candidate %s posted for filter %s", obj_id, job["fritz_filter_id"])
         return {"ids": (result or {}).get("ids")}
 

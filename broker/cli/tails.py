@@ -63,19 +63,19 @@ def _train_parser(actions: argparse._SubParsersAction) -> None:
     train = actions.add_parser("train", help="train a detector; write <name>.onnx + <name>.json")
     train.add_argument("--out", type=Path, required=True, help="output folder (created)")
     train.add_argument("--name", default="tails_default", help="file stem (default tails_default)")
-    train.add_argument("--n", type=_count, default=24_000, help="simulated training triplets")
+    train.add_argument("--n", type=_count, default=32_000, help="simulated training triplets")
     train.add_argument("--seed", type=_count, default=1)
     train.add_argument("--data", type=Path, default=None, help="train on these shards instead")
     train.add_argument("--validation", type=_count, default=2_000, help="held-out triplets")
-    train.add_argument("--epochs", type=_positive, default=8)
+    train.add_argument("--epochs", type=_positive, default=12)
     train.add_argument("--batch", type=_positive, default=64)
     train.add_argument("--learning-rate", type=float, default=3e-3)
     train.add_argument("--comet-fraction", type=_fraction, default=0.4)
     train.add_argument("--threads", type=_positive, default=2, help="TensorFlow threads")
     train.add_argument(
         "--widths",
-        default="16,16,32,32,32",
-        help="channels of the five convolution stages (default 16,16,32,32,32)",
+        default="16,24,32,48,48",
+        help="channels of the five convolution stages (default 16,24,32,48,48)",
     )
 
 

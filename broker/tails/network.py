@@ -19,9 +19,9 @@ OUTPUT_NAME = "tails"
 
 @dataclass(frozen=True, slots=True)
 class Architecture:
-    """Widths of the convolution stages; the default costs ~10 MMAC on a 63 px stamp."""
+    """Widths of the convolution stages; the default costs ~15 MMAC on a 63 px stamp."""
 
-    widths: tuple[int, ...] = (16, 16, 32, 32, 32)
+    widths: tuple[int, ...] = (16, 24, 32, 48, 48)
 
     def describe(self) -> dict[str, Any]:
         return {"widths": list(self.widths), "stride": STRIDE, "kind": "heatmap-fcn"}

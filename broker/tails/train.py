@@ -38,12 +38,12 @@ HEAT_SIGMA = 4.0  # pixels: width of the heat-map target around the comet
 class TrainConfig:
     out: Path
     name: str = "tails_default"
-    n: int = 24_000
+    n: int = 32_000
     seed: int = 1
     data: Path | None = None  # shards from `nightjar tails simulate` instead of n/seed
     validation: int = 2_000
     comet_fraction: float = 0.4
-    epochs: int = 8
+    epochs: int = 12
     batch: int = 64
     learning_rate: float = 3e-3
     threads: int = 2

@@ -87,7 +87,9 @@ def test_layout_defaults_and_overrides(tmp_path: Path) -> None:
 def test_registry_selection() -> None:
     assert [service.name for service in create()] == list(REGISTRY)
     assert [service.name for service in create(["ferretdb"], env={})] == ["ferretdb"]
-    with pytest.raises(ConfigError, match="unknown service mongo; choose from kafka, ferretdb, fritz"):
+    with pytest.raises(
+        ConfigError, match="unknown service mongo; choose from kafka, ferretdb, fritz"
+    ):
         create(["mongo"])
 
 
