@@ -27,6 +27,7 @@ COMMANDS = (
     "demo",
     "post",
     "fritz",
+    "tails",
 )
 
 

@@ -9,6 +9,7 @@ broker should do with a message (store it, or reject it with which reason).
 from __future__ import annotations
 
 import io
+import json
 import math
 import os
 import signal
@@ -25,7 +26,14 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Producer
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from pymongo.database import Database
@@ -156,7 +164,7 @@ class Rig:
         env = {k: v for k, v in os.environ.items() if not k.startswith("NIGHTJAR_")}
         env.update(
             NIGHTJAR_KAFKA__BOOTSTRAP_SERVERS=self.bootstrap,
-            NIGHTJAR_KAFKA__TOPICS=_json_list(self.topics),
+            NIGHTJAR_KAFKA__TOPICS=json.dumps(self.topics),
             NIGHTJAR_KAFKA__GROUP_ID=self.group_id,
             NIGHTJAR_KAFKA__OUTPUT_TOPIC=self.output_template,
             NIGHTJAR_KAFKA__DEAD_LETTER_TOPIC=self.dead_letter_topic,
@@ -225,7 +233,7 @@ def open_rig(
     finally:
         rig.stop_all()
         for future in admin.delete_topics(created, operation_timeout=10).values():
-            with suppress(Exception):  # best effort: uniquely named leftovers harm no one
+            with suppress(KafkaException):  # best effort: unique leftovers harm no one
                 future.result(timeout=15)
 
 
@@ -249,10 +257,6 @@ def _has_leaders(admin: AdminClient, name: str, partitions: int) -> bool:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
-
-
-def _json_list(items: Sequence[str]) -> str:
-    return "[" + ", ".join(f'"{item}"' for item in items) + "]"
 
 
 # -- Kafka in and out ------------------------------------------------------------------

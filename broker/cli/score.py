@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from broker import pipeline
 from broker.decode import Decoder
 from broker.errors import BadAlert, ConfigError
 from broker.records import Alert, AlertResult, ScoringInput
@@ -65,18 +66,9 @@ def alert_files(paths: Sequence[Path]) -> Iterator[Path]:
 
 
 def scoring_input(alert: Alert) -> ScoringInput:
-    """The worker's view of an alert scored offline: the packet's history only."""
-    return ScoringInput(
-        survey=alert.survey,
-        candid=alert.candid,
-        object_id=alert.object_id,
-        ra=alert.ra,
-        dec=alert.dec,
-        jd=alert.jd,
-        candidate=alert.candidate,
-        history=alert.history,
-        cutouts=alert.cutouts,
-    )
+    """The worker's view of an alert scored offline: the packet's history only, merged and
+    ordered exactly as the streaming pipeline does (so scores match the stored ones)."""
+    return pipeline.scoring_input(alert, {})
 
 
 def _score(annotator: Annotator, pending: Sequence[tuple[Path, Alert | BadAlert]]) -> None:

@@ -327,11 +327,19 @@ def _record(args: argparse.Namespace, summary: dict[str, Any]) -> None:
     entry = {key: summary[key] for key in keep}
     entry["data_command"] = dataset.get("command")
     entry["command"] = (
-        f"nightjar tails evaluate --data {args.data} --model {args.model} --out {args.out}"
+        f"nightjar tails evaluate --data {args.data} --model {_shown(args.model)} --out {args.out}"
     )
     card.setdefault("evaluation", {})[f"{summary['image_size']}px"] = entry
     args.card.write_text(json.dumps(card, indent=2) + "\n")
     print(f"recorded the evaluation in {args.card}")
+
+
+def _shown(path: Path) -> Path:
+    """`path` relative to the working folder when inside it (cards are committed)."""
+    try:
+        return path.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        return path
 
 
 def _widths(text: str) -> tuple[int, ...]:

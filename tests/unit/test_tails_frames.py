@@ -39,7 +39,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 @pytest.mark.usefixtures("tails_cli")
 def test_comets_in_a_full_quadrant_are_found_at_their_sky_positions(tmp_path: Path) -> None:
-    quadrant = simulate_quadrant(2024, comets=6)
+    quadrant = simulate_quadrant(2024, comets=6, snr=(30.0, 100.0))
     assert quadrant.images.shape == (3080, 3072, 3)
     write_fits(quadrant, tmp_path / "frames", EXPOSURE)
     out = tmp_path / "out"
@@ -50,12 +50,13 @@ def test_comets_in_a_full_quadrant_are_found_at_their_sky_positions(tmp_path: Pa
     truth = SkyCoord(
         [c["ra"] for c in quadrant.comets], [c["dec"] for c in quadrant.comets], unit="deg"
     )
-    _, separation, _ = truth.match_to_catalog_sky(found)
-    assert np.all(separation.arcsec < 3.0), separation.arcsec  # every comet, within 3"
-    # Detections are merged across overlapping boxes: one per comet, few look-alikes.
-    _, nearest, _ = found.match_to_catalog_sky(truth)
-    assert np.sum(nearest.arcsec < 3.0) == len(quadrant.comets)
-    assert len(rows) - len(quadrant.comets) <= 3
+    arcsec = truth[:, None].separation(found[None, :]).arcsec  # (comets, detections)
+    # SNR 30-100 comets: the card gives ~85% recall at this threshold; all but one here,
+    # each within 2" (two ZTF pixels) of the truth.
+    assert np.sum(arcsec.min(axis=1) < 2.0) >= len(quadrant.comets) - 1, arcsec.min(axis=1)
+    # Merged across overlapping boxes: one detection per comet, and few look-alikes.
+    assert np.all(np.sum(arcsec < 30.0, axis=1) <= 1)
+    assert np.sum(arcsec.min(axis=0) > 2.0) <= 2
 
 
 def test_a_reference_on_another_grid_is_resampled_onto_the_science_frame(tmp_path: Path) -> None:
