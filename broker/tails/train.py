@@ -112,8 +112,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 def _configure(tf: Any, config: TrainConfig) -> None:
     # Other work shares this machine: a fixed, small number of threads, set before first use.
-    tf.config.threading.set_intra_op_parallelism_threads(config.threads)
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(config.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        # TensorFlow was already initialised in this process (its thread pools are fixed
+        # once created): training goes on with them rather than failing.
+        log.warning("TensorFlow already initialised: --threads %d not applied", config.threads)
     tf.keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
 

@@ -135,6 +135,7 @@ class Stages:
         self.events: list[tuple[str, Any]] = []
         self.stored: list[Alert] = []
         self.results: list[AlertResult] = []
+        self.timings: dict[str, float] = {}  # the store's per-step seconds of its last write
 
     # consumer
     def poll_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:

@@ -17,6 +17,7 @@ from broker.__main__ import main
 from broker.errors import ServiceError
 from broker.services import pidfile, supervisor
 from broker.services.base import HOST, Layout, Port, Reporter, Service
+from tests.helpers import poll_until
 
 LISTENER = """
 import signal, socket, sys
@@ -117,7 +118,8 @@ def test_up_status_down_round_trip(layout: Layout) -> None:
     assert lines[-1].startswith("listener: stopped (pid")
     assert supervisor.status([service], layout)[0].state == "stopped"
     assert not layout.pid_path("listener").exists()
-    assert service.probe() is not None
+    # The kernel may take a moment to close the dead process's listening socket.
+    poll_until(lambda: service.probe() is not None, timeout=10, message="the port is closed")
 
 
 def test_sigterm_ignored_means_sigkill(layout: Layout) -> None:
