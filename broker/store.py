@@ -26,6 +26,10 @@ from broker.settings import Settings
 log = logging.getLogger(__name__)
 
 DUPLICATE_KEY = 11000
+# FerretDB 1.24 keeps one SQLite connection (of a pool of 100) per statement of an update
+# command until the command ends: 100 updates in one bulk_write never finish and stall the
+# whole server. Smaller commands cost nothing on MongoDB.
+UPDATES_PER_COMMAND = 50
 # Top-level packet fields that are histories: kept as light-curve points on the object,
 # not copied into every alert document (they repeat from one alert to the next).
 HISTORY_FIELDS = frozenset(
@@ -126,9 +130,9 @@ class Store:
         self.timings["store_alerts"] = time.perf_counter() - started
         started = time.perf_counter()
         updates = object_updates(alerts, stored_history)
-        if updates:
-            with _transient("update objects"):
-                self.objects.bulk_write(updates, ordered=False)
+        with _transient("update objects"):
+            for start in range(0, len(updates), UPDATES_PER_COMMAND):
+                self.objects.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
         self.timings["store_objects"] = time.perf_counter() - started
         return docs
 

@@ -107,6 +107,27 @@ def test_light_curves_merge_across_batches_in_any_order(
         assert docs[key]["objectId"] == group[0].object_id
 
 
+def test_a_batch_of_more_than_100_objects_is_stored(mongo_uri: str, mongo_db: Db) -> None:
+    """FerretDB 1.24 stalls on an update command of 100 statements that match documents:
+    the store splits them. The second write updates the 100+ objects the first created."""
+    decoder = Decoder(SchemaSettings(), 4 << 20)
+    first_of_each: dict[str, Alert] = {}
+    for sim in simulate("lsst", 300, seed=21):
+        first_of_each.setdefault(sim.object_id, decoder.decode(sim.data))
+    batch = list(first_of_each.values())
+    assert len(batch) > 100
+    # A stalled server fails this test in 60 s instead of hanging it.
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, socketTimeoutMS=60_000)
+    try:
+        store = Store(client[mongo_db.name])
+        store.write(batch, results_for(batch), {})
+        store.write(batch, results_for(batch), {})
+    finally:
+        client.close()
+    assert mongo_db["objects"].count_documents({}) == len(batch)
+    assert mongo_db["alerts"].count_documents({}) == len(batch)
+
+
 def test_read_history_returns_the_stored_points_of_the_batch_objects(
     store: Store, alerts: list[Alert]
 ) -> None:
