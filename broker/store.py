@@ -75,6 +75,8 @@ def connect(settings: Settings) -> Database[Any]:
         settings.mongo_uri(),
         serverSelectionTimeoutMS=settings.mongo.timeout_ms,
         connectTimeoutMS=settings.mongo.timeout_ms,
+        # A stalled server becomes an error (and a retried batch), never a silent hang.
+        socketTimeoutMS=max(60_000, 6 * settings.mongo.timeout_ms),
         appname=f"nightjar {__version__}",
     )
     return client[settings.mongo.database]

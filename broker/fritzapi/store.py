@@ -8,6 +8,7 @@ document per accepted write, so operators and tests can see every post that land
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -27,6 +28,7 @@ from broker.fritzapi.payloads import (
     PhotometryRow,
 )
 from broker.photometry import ZERO_POINT
+from broker.store import UPDATES_PER_COMMAND
 
 _COLLECTIONS_WITH_IDS = ("candidates", "photometry", "thumbnails", "annotations")
 _DUPLICATE_KEY = 11000
@@ -157,8 +159,11 @@ class FritzStore:
             ids.append(point_id)
             doc = {**row.model_dump(), "id": point_id, "zp": ZERO_POINT, "magsys": "ab"}
             requests.append(UpdateOne({"_id": key}, {"$set": doc}, upsert=True))
-        if requests:
-            _upsert(lambda: self.db["photometry"].bulk_write(requests, ordered=False))
+        # In chunks: FerretDB 1.24 stalls on update commands of 100 statements or more.
+        photometry = self.db["photometry"]
+        for start in range(0, len(requests), UPDATES_PER_COMMAND):
+            chunk = requests[start : start + UPDATES_PER_COMMAND]
+            _upsert(functools.partial(photometry.bulk_write, chunk, ordered=False))
         return ids
 
     def photometry(self, obj_id: str) -> list[dict[str, Any]]:
