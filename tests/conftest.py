@@ -158,3 +158,36 @@ def shared_dir(request: pytest.FixtureRequest) -> Path:
     if not REFERENCE.is_dir():
         pytest.skip("../shared/reference is absent: reference data not available")
     return REFERENCE
+
+
+@pytest.fixture
+def make_rig(
+    kafka_admin: AdminClient,
+    kafka_bootstrap: str,
+    mongo_uri: str,
+    mongo_db: Database,
+    group_id: str,
+    topic_factory: TopicFactory,
+    tmp_path: Path,
+) -> Iterator[Callable[..., object]]:
+    """`make_rig(prefix, partitions=1)`: a broker rig (tests/pipeline_helpers.Rig) on a fresh
+    input topic, this test's group and database; everything it made is removed after."""
+    from tests.pipeline_helpers import open_rig
+
+    with contextlib.ExitStack() as stack:
+
+        def make(prefix: str, partitions: int = 1) -> object:
+            topic = topic_factory(partitions=partitions, prefix=prefix)
+            return stack.enter_context(
+                open_rig(
+                    kafka_admin,
+                    kafka_bootstrap,
+                    mongo_uri,
+                    mongo_db.name,
+                    group_id,
+                    tmp_path,
+                    [topic],
+                )
+            )
+
+        yield make

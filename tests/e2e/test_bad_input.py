@@ -11,11 +11,9 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
 from broker.records import Origin
@@ -25,7 +23,6 @@ from tests.pipeline_helpers import (
     Rig,
     decoder_for,
     expected_outcome,
-    open_rig,
     produce,
     read_topic,
 )
@@ -90,21 +87,10 @@ def mixed_stream(seed: int) -> list[bytes]:
 
 
 @pytest.fixture
-def rig(
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    mongo_uri: str,
-    mongo_db: Db,
-    group_id: str,
-    topic_factory: Any,
-    tmp_path: Path,
-) -> Iterator[Rig]:
-    topic = topic_factory(prefix="bad-input")
-    with open_rig(
-        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
-    ) as rig:
-        rig.settings["NIGHTJAR_KAFKA__MAX_MESSAGE_BYTES"] = str(MAX_MESSAGE_BYTES)
-        yield rig
+def rig(make_rig: Any) -> Iterator[Rig]:
+    rig: Rig = make_rig("bad-input")
+    rig.settings["NIGHTJAR_KAFKA__MAX_MESSAGE_BYTES"] = str(MAX_MESSAGE_BYTES)
+    yield rig
 
 
 def test_bad_messages_are_dead_lettered_and_good_ones_stored(rig: Rig, mongo_db: Db) -> None:

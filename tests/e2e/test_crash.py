@@ -11,7 +11,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,6 @@ from tests.pipeline_helpers import (
     Rig,
     committed,
     light_curve_duplicates,
-    open_rig,
     output_record,
     produce,
     read_topic,
@@ -37,30 +35,19 @@ Db = Database[dict[str, Any]]
 
 
 @pytest.fixture
-def rig(
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    mongo_uri: str,
-    mongo_db: Db,
-    group_id: str,
-    topic_factory: Any,
-    tmp_path: Path,
-) -> Iterator[Rig]:
-    topic = topic_factory(partitions=PARTITIONS, prefix="crash")
-    with open_rig(
-        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
-    ) as rig:
-        rig.settings.update(
-            # Batches of 200: kills land between commits with a batch in flight, and the
-            # object upserts (slow on FerretDB) are shared by more alerts than in small ones.
-            NIGHTJAR_DISPATCH__BATCH_SIZE="200",
-            NIGHTJAR_DISPATCH__BATCH_SECONDS="0.2",
-            NIGHTJAR_DISPATCH__MAX_IN_FLIGHT="2",
-            # A restarted member takes its partitions over at once (static membership, as a
-            # StatefulSet would run it) instead of waiting out the dead member's session.
-            NIGHTJAR_KAFKA__EXTRA=f'{{"group.instance.id": "{group_id}-0"}}',
-        )
-        yield rig
+def rig(make_rig: Any, group_id: str) -> Iterator[Rig]:
+    rig: Rig = make_rig("crash", partitions=PARTITIONS)
+    rig.settings.update(
+        # Batches of 200: kills land between commits with a batch in flight, and the
+        # object upserts (slow on FerretDB) are shared by more alerts than in small ones.
+        NIGHTJAR_DISPATCH__BATCH_SIZE="200",
+        NIGHTJAR_DISPATCH__BATCH_SECONDS="0.2",
+        NIGHTJAR_DISPATCH__MAX_IN_FLIGHT="2",
+        # A restarted member takes its partitions over at once (static membership, as a
+        # StatefulSet would run it) instead of waiting out the dead member's session.
+        NIGHTJAR_KAFKA__EXTRA=f'{{"group.instance.id": "{group_id}-0"}}',
+    )
+    yield rig
 
 
 def test_killed_and_restarted_broker_stores_each_alert_once(

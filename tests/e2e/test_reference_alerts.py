@@ -38,7 +38,6 @@ from tests.pipeline_helpers import (
     committed,
     decoder_for,
     expected_outcome,
-    open_rig,
     output_record,
     read_topic,
     same_value,
@@ -53,22 +52,10 @@ Db = Database[dict[str, Any]]
 
 
 @pytest.fixture
-def rig(
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    mongo_uri: str,
-    mongo_db: Db,
-    group_id: str,
-    topic_factory: Any,
-    tmp_path: Path,
-    shared_dir: Path,
-) -> Iterator[Rig]:
-    topic = topic_factory(prefix="reference")
-    with open_rig(
-        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
-    ) as rig:
-        rig.settings["NIGHTJAR_SCHEMAS__LSST_SCHEMA_DIR"] = str(shared_dir / "lsst" / "schema")
-        yield rig
+def rig(make_rig: Any, shared_dir: Path) -> Iterator[Rig]:
+    rig: Rig = make_rig("reference")
+    rig.settings["NIGHTJAR_SCHEMAS__LSST_SCHEMA_DIR"] = str(shared_dir / "lsst" / "schema")
+    yield rig
 
 
 def alert_paths(shared_dir: Path) -> list[Path]:

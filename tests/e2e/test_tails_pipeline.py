@@ -13,7 +13,6 @@ from typing import Any
 import fastavro
 import numpy as np
 import pytest
-from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
 from broker.models.fetch import fetch
@@ -23,7 +22,7 @@ from broker.simulate import simulate as simulate_alerts
 from broker.simulate.stamps import fits_image, gzip_fits
 from broker.tails import simulate as tails_sim
 from broker.tails.contract import offset_to_sky
-from tests.pipeline_helpers import REPO, Rig, open_rig, output_record, produce, read_topic
+from tests.pipeline_helpers import REPO, Rig, output_record, produce, read_topic
 
 ALERTS = 120
 STAMPS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
@@ -32,20 +31,9 @@ Db = Database[dict[str, Any]]
 
 
 @pytest.fixture
-def rig(
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    mongo_uri: str,
-    mongo_db: Db,
-    group_id: str,
-    topic_factory: Any,
-    tmp_path: Path,
-) -> Iterator[Rig]:
-    topic = topic_factory(prefix="tails")
-    with open_rig(
-        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
-    ) as rig:
-        yield rig
+def rig(make_rig: Any) -> Iterator[Rig]:
+    rig: Rig = make_rig("tails")
+    yield rig
 
 
 def alerts_with_stamps(data: tails_sim.Dataset) -> tuple[list[bytes], list[dict[str, Any]]]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,6 @@ from tests.pipeline_helpers import (
     committed,
     free_port,
     light_curve_duplicates,
-    open_rig,
     output_record,
     produce,
     read_topic,
@@ -31,20 +29,9 @@ Db = Database[dict[str, Any]]
 
 
 @pytest.fixture
-def rig(
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    mongo_uri: str,
-    mongo_db: Db,
-    group_id: str,
-    topic_factory: Any,
-    tmp_path: Path,
-) -> Iterator[Rig]:
-    topic = topic_factory(partitions=2, prefix="pipeline")
-    with open_rig(
-        kafka_admin, kafka_bootstrap, mongo_uri, mongo_db.name, group_id, tmp_path, [topic]
-    ) as rig:
-        yield rig
+def rig(make_rig: Any) -> Iterator[Rig]:
+    rig: Rig = make_rig("pipeline", partitions=2)
+    yield rig
 
 
 def test_mixed_surveys_in_pipelined_batches(
