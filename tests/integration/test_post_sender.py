@@ -171,7 +171,12 @@ def stack(
         stack.stop_server()
 
 
-def assert_landed_once(stack: Stack, *, annotation_puts_allowed: int = 0) -> None:
+def assert_landed_once(
+    stack: Stack, *, annotation_puts_allowed: int = 0, upserts_resent_allowed: int = 0
+) -> None:
+    """Every post landed once. `upserts_resent_allowed`: photometry/thumbnail calls cut off by
+    a stopped service have an unknown outcome and are re-sent by design (they are upserts);
+    assert_object_state still requires exactly one stored copy of each."""
     jobs = list(stack.db["outbox"].find())
     assert jobs and all(job["status"] == "done" for job in jobs), [j["last_error"] for j in jobs]
     writes = stack.writes()
@@ -181,10 +186,12 @@ def assert_landed_once(stack: Stack, *, annotation_puts_allowed: int = 0) -> Non
 
     assert count("POST", "/api/candidates") == Counter({job["candid"]: 1 for job in jobs})
     retries = [(job["_id"], job["failures"], job["last_error"]) for job in jobs if job["failures"]]
-    assert sum(count("PUT", "/api/photometry").values()) == len(jobs), retries
-    assert count("POST", "/api/thumbnail") == Counter(
-        {"new": len(jobs), "ref": len(jobs), "sub": len(jobs)}
-    )
+    photometry_puts = sum(count("PUT", "/api/photometry").values())
+    assert len(jobs) <= photometry_puts <= len(jobs) + upserts_resent_allowed, retries
+    thumbnails = count("POST", "/api/thumbnail")
+    assert set(thumbnails) == {"new", "ref", "sub"}
+    assert all(n >= len(jobs) for n in thumbnails.values()), thumbnails
+    assert sum(thumbnails.values()) - 3 * len(jobs) <= upserts_resent_allowed, thumbnails
     by_object = Counter(job["object_id"] for job in jobs)
     posts = [w["obj_id"] for w in writes if w["method"] == "POST" and "/annotations" in w["path"]]
     assert Counter(posts) == Counter(dict.fromkeys(by_object, 1)), "one annotation per origin"
@@ -261,7 +268,7 @@ def test_service_stopped_and_restarted(stack: Stack, alert_docs: list[AlertDocum
     )
     stack.start_server()
     stack.wait_all("done", ALERTS - 1)
-    assert_landed_once(stack)
+    assert_landed_once(stack, upserts_resent_allowed=1)
 
 
 def test_sender_restarted_mid_queue(stack: Stack, alert_docs: list[AlertDocument]) -> None:
