@@ -8,6 +8,7 @@ as many threads as the Dask workers run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -71,8 +72,15 @@ def _recorder(model: OnnxModel, runs: list[Callable[[], Any]]) -> Callable[[Feed
     original = model.infer
 
     def infer(feeds: Feeds) -> np.ndarray:
-        frozen = {name: np.ascontiguousarray(array) for name, array in feeds.items()}
-        runs.append(lambda: model.session.run(None, frozen))
+        # Sliced as OnnxModel.infer slices them (models.inference_batch).
+        step = model.settings.inference_batch
+        count = len(next(iter(feeds.values())))
+        for start in range(0, count, step):
+            frozen = {
+                name: np.ascontiguousarray(array[start : start + step])
+                for name, array in feeds.items()
+            }
+            runs.append(functools.partial(model.session.run, None, frozen))
         return original(feeds)
 
     return infer

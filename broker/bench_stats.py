@@ -86,6 +86,10 @@ def split_stages(
     return top, parts
 
 
+# Stages the pipeline's writer thread runs, beside the main thread's (broker/pipeline.py).
+WRITER_STAGES = frozenset({"store", "publish"})
+
+
 def stage_breakdown(
     stages: Mapping[str, float], wall_seconds: float, alerts: int, workers: WorkerCost | None
 ) -> dict[str, Any]:
@@ -102,8 +106,10 @@ def stage_breakdown(
         table[name] = cost(top[name])
         if name in parts:
             table[name]["parts"] = {part: cost(sec) for part, sec in sorted(parts[name].items())}
-    # Submitting to Dask (scatter) and waiting for results are not stages of their own.
-    table["dispatch_and_wait"] = cost(max(0.0, wall_seconds - sum(top.values())))
+    # The main thread's time outside its stages: submitting to Dask (scatter) and waiting
+    # for the workers or the writer. The writer's stages overlap the main thread's.
+    main = sum(seconds for name, seconds in top.items() if name not in WRITER_STAGES)
+    table["main_thread_waiting"] = cost(max(0.0, wall_seconds - main))
     table["wall"] = cost(wall_seconds)
     if workers is not None:
         table["workers"] = workers_document(workers)
@@ -124,25 +130,31 @@ def workers_document(workers: WorkerCost) -> dict[str, Any]:
 
 
 def bottleneck(stages: Mapping[str, float], alerts: int, workers: WorkerCost | None) -> str:
-    """The slowest step per alert: a main-loop stage, or the workers (spread over their threads).
+    """The slowest side per alert: the main thread, the writer thread or the workers.
 
-    The main loop runs its stages one after the other while the workers score earlier
-    batches in parallel, so the pipeline goes as fast as the slower of the two sides.
+    The three run side by side (reading, storing and publishing, scoring), so the
+    pipeline goes as fast as the slowest of them, when the machine has the cores for it.
     """
     if not alerts:
         return "unknown"
     top, parts = split_stages(stages)
-    main_ms = 1000 * sum(top.values()) / alerts
+    sides = {
+        "main thread": {n: s for n, s in top.items() if n not in WRITER_STAGES},
+        "writer thread": {n: s for n, s in top.items() if n in WRITER_STAGES},
+    }
+    side_ms = {side: 1000 * sum(own.values()) / alerts for side, own in sides.items()}
     threads = max(1, workers.threads) if workers else 1
     worker_ms = workers.annotate_ms_per_alert / threads if workers else 0.0
-    if worker_ms > main_ms:
+    side = max(side_ms, key=lambda name: side_ms[name])
+    if worker_ms > side_ms[side]:
         return f"workers ({worker_ms:.2f} ms/alert over {threads} threads)"
-    if not top:
+    own = sides[side]
+    if not own:
         return "unknown"
-    slowest = max(top, key=lambda name: top[name])
+    slowest = max(own, key=lambda name: own[name])
     inner = parts.get(slowest, {})
     detail = f" ({max(inner, key=lambda name: inner[name])})" if inner else ""
-    return f"main loop ({main_ms:.2f} ms/alert), mostly {slowest}{detail}"
+    return f"{side} ({side_ms[side]:.2f} ms/alert), mostly {slowest}{detail}"
 
 
 def target_check(scenario: str, sustained: float, fraction: float | None) -> dict[str, Any]:

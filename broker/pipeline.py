@@ -1,8 +1,11 @@
 """The main loop: poll -> decode -> history -> dispatch -> store -> filter -> publish -> commit.
 
-Batches are scored on Dask while the next ones are read; they are finished strictly in
-the order they were read, so committing a batch's offsets never skips an unfinished one.
-At most `dispatch.max_in_flight` batches are out; beyond that the partitions are paused.
+Batches are scored on Dask while the next ones are read, and stored and published by one
+writer thread while later ones are scored and read: the main thread never waits on
+MongoDB. Batches go to the writer, and have their offsets committed (by the main thread,
+which owns the consumer), strictly in the order they were read, so a commit never skips
+an unfinished batch. At most `dispatch.max_in_flight` batches are out (scoring or being
+written); beyond that the partitions are paused.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -58,10 +62,63 @@ class Batch:
     future: Any = None
     attempts: int = 0
     read_at: float = field(default_factory=time.monotonic)
+    # Points stored up to this number were in MongoDB when this batch read its history.
+    history_seq: int = 0
+    # Set once the batch is with the writer: resolves to what it stored and rejected.
+    written: Future[Written] | None = None
 
     @property
     def size(self) -> int:
         return len(self.alerts) + len(self.rejections)
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    """What the writer stored and published for one batch (counted at commit)."""
+
+    alerts: list[Alert]
+    results: list[AlertResult]
+    rejections: list[Rejection]
+
+
+class AddedPoints:
+    """Light-curve points stored by each finished batch, numbered, for batches in flight.
+
+    A batch records the number reached before it reads its history; when it is stored,
+    the points stored since then (by batches that were in flight with it) are added to
+    what it read. Thread-safe: the writer adds, the main thread records and trims.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seq = 0
+        self._log: deque[tuple[int, Mapping[str, list[dict[str, Any]]]]] = deque()
+
+    def mark(self) -> int:
+        with self._lock:
+            return self._seq
+
+    def add(self, added: Mapping[str, list[dict[str, Any]]]) -> None:
+        with self._lock:
+            self._seq += 1
+            if added:
+                self._log.append((self._seq, added))
+
+    def since(self, seq: int, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
+        """Points of `keys` stored after mark `seq`."""
+        found: dict[str, list[dict[str, Any]]] = {}
+        with self._lock:
+            entries = [added for number, added in self._log if number > seq]
+        for added in entries:
+            for key in keys & added.keys():
+                found.setdefault(key, []).extend(added[key])
+        return found
+
+    def trim(self, oldest_seq: int | None) -> None:
+        """Forget entries no batch still needs (marks below the oldest one in flight)."""
+        with self._lock:
+            while self._log and (oldest_seq is None or self._log[0][0] <= oldest_seq):
+                self._log.popleft()
 
 
 @dataclass
@@ -98,6 +155,10 @@ class Pipeline:
         self.filter_topic = filter_topic
         self.in_flight: deque[Batch] = deque()
         self.stats = RunStats()
+        self.added = AddedPoints()
+        self._stats_lock = threading.Lock()
+        # One thread: batches are stored and published in the order they were read.
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightjar-writer")
         self.consumer: AlertConsumer = consumer_factory(self._on_revoke)
 
     def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> RunStats:
@@ -120,6 +181,9 @@ class Pipeline:
                     break
             self.drain()
         finally:
+            # After an error, batches still with the writer finish (uncommitted: a restart
+            # reads them again, and every write is idempotent).
+            self.writer.shutdown(wait=True)
             self.consumer.close()
         return self.stats
 
@@ -160,6 +224,7 @@ class Pipeline:
 
     def _submit(self, batch: Batch) -> None:
         started = time.perf_counter()
+        batch.history_seq = self.added.mark()
         batch.stored_history = self._retrying("history", self.store.read_history, batch.alerts)
         self._timed("history", started)
         batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
@@ -169,16 +234,54 @@ class Pipeline:
         IN_FLIGHT.set(len(self.in_flight))
 
     def _finish_ready(self) -> None:
-        while self.in_flight and _done(self.in_flight[0]):
-            self._finish_oldest(timeout=None)
+        """Hand scored batches to the writer and commit written ones, without waiting."""
+        for batch in self.in_flight:
+            # Done: fetching its results takes no timeout (Dask's result(timeout=0) gives
+            # up before the data arrives). A failed batch is resubmitted, and a stand-in
+            # for the workers may fail again at once.
+            while batch.written is None and _done(batch):
+                self._hand_to_writer(batch, timeout=None)
+            if batch.written is None:
+                break  # still scoring: later batches wait for it
+        while self.in_flight and _written(self.in_flight[0]):
+            self._commit_oldest()
 
     def _finish_oldest(self, timeout: float | None) -> None:
+        """Move the oldest batch on: wait (up to `timeout`) for its scores, then its write."""
         batch = self.in_flight[0]
+        if batch.written is None:
+            self._hand_to_writer(batch, timeout)
+            if batch.written is None:
+                return  # not scored within timeout, or resubmitted
+        assert batch.written is not None
+        try:
+            batch.written.result(timeout=timeout)
+        except TimeoutError:
+            return
+        self._commit_oldest()
+
+    def _hand_to_writer(self, batch: Batch, timeout: float | None) -> None:
         results = self._results(batch, timeout)
-        if results is None:
-            return  # not finished within timeout
-        self._finalize(batch, results)
+        if results is not None:
+            batch.written = self.writer.submit(self._write, batch, results)
+
+    def _commit_oldest(self) -> None:
+        """Commit the oldest batch's offsets once written: only the main thread commits."""
+        batch = self.in_flight[0]
+        assert batch.written is not None
+        written = batch.written.result()  # re-raises what the writer could not handle
+        started = time.perf_counter()
+        self._retrying("commit", self.consumer.commit, batch.offsets)
+        self._timed("commit", started)
+        self._count(written.alerts, written.results, written.rejections)
+        STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)
+        log.info(
+            "batch: %d messages, %d stored, %d rejected, %.2f s since read",
+            batch.size, len(written.alerts), len(written.rejections),
+            time.monotonic() - batch.read_at,
+        )  # fmt: skip
         self.in_flight.popleft()
+        self.added.trim(self.in_flight[0].history_seq if self.in_flight else None)
         IN_FLIGHT.set(len(self.in_flight))
 
     def _results(self, batch: Batch, timeout: float | None) -> list[AlertResult] | None:
@@ -207,8 +310,8 @@ class Pipeline:
 
     # -- finishing ------------------------------------------------------------
 
-    def _finalize(self, batch: Batch, results: list[AlertResult]) -> None:
-        """Store, filter, publish, then commit: the batch's offsets move last."""
+    def _write(self, batch: Batch, results: list[AlertResult]) -> Written:
+        """On the writer thread: store, filter and publish; the main thread then commits."""
         alerts, kept, source_ts, rejections = split_results(batch, results)
         started = time.perf_counter()
         docs: list[AlertDocument] = self._retrying(
@@ -218,15 +321,7 @@ class Pipeline:
         started = time.perf_counter()
         self._retrying("publish", self._publish, alerts, kept, source_ts, rejections, docs)
         self._timed("publish", started)
-        started = time.perf_counter()
-        self._retrying("commit", self.consumer.commit, batch.offsets)
-        self._timed("commit", started)
-        self._count(alerts, kept, rejections)
-        STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)
-        log.info(
-            "batch: %d messages, %d stored, %d rejected, %.2f s since read",
-            batch.size, len(alerts), len(rejections), time.monotonic() - batch.read_at,
-        )  # fmt: skip
+        return Written(alerts, kept, rejections)
 
     def _store(
         self,
@@ -235,14 +330,17 @@ class Pipeline:
         batch: Batch,
         rejections: list[Rejection],
     ) -> list[AlertDocument]:
-        # History read again: the batches ahead of this one were stored after it read its
-        # own, and a detection's candidate and history points differ ($addToSet keeps both).
-        started = time.perf_counter()
-        stored_history = self.store.read_history(alerts)
-        self._timed("store_history", started)
-        docs = self.store.write(alerts, results, stored_history)
+        # What was stored when the batch read its history, plus what the batches stored
+        # since then added: no second read. A detection's candidate and history points
+        # differ, so $addToSet alone would keep both.
+        keys = {object_key(a.survey, a.object_id) for a in alerts}
+        stored = {key: list(points) for key, points in batch.stored_history.items()}
+        for key, points in self.added.since(batch.history_seq, keys).items():
+            stored.setdefault(key, []).extend(points)
+        docs = self.store.write(alerts, results, stored)
         for stage, seconds in self.store.timings.items():
             self._add(stage, seconds)
+        self.added.add(self.store.added)
         self.store.write_rejections(rejections)
         return docs
 
@@ -297,7 +395,8 @@ class Pipeline:
 
     def _add(self, stage: str, elapsed: float) -> None:
         STAGE_SECONDS.labels(stage).observe(elapsed)
-        self.stats.stage_seconds[stage] = self.stats.stage_seconds.get(stage, 0.0) + elapsed
+        with self._stats_lock:  # the main thread and the writer both add
+            self.stats.stage_seconds[stage] = self.stats.stage_seconds.get(stage, 0.0) + elapsed
 
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         if self.in_flight:
@@ -353,6 +452,10 @@ def split_results(
 
 def _done(batch: Batch) -> bool:
     return batch.future is None or batch.future.done()
+
+
+def _written(batch: Batch) -> bool:
+    return batch.written is not None and batch.written.done()
 
 
 def _idle(last_message: float, exit_when_idle: float | None) -> bool:

@@ -92,6 +92,9 @@ class Store:
         self.rejected = db["rejected"]
         # Seconds spent by the last write() in each collection, for per-stage figures.
         self.timings: dict[str, float] = {}
+        # Light-curve points the last write() added, per object key: batches still in
+        # flight read their history before this one was stored, and add these to it.
+        self.added: dict[str, list[dict[str, Any]]] = {}
 
     def ensure_indexes(self) -> None:
         try:
@@ -108,7 +111,7 @@ class Store:
         if not keys:
             return {}
         with _transient("read history"):
-            cursor = self.objects.find({"_id": {"$in": keys}}, {"lightcurve": 1})
+            cursor = self.objects.find(history_filter(keys), {"lightcurve": 1})
             return {doc["_id"]: list(doc.get("lightcurve") or []) for doc in cursor}
 
     def write(
@@ -131,11 +134,12 @@ class Store:
             _insert_ignoring_duplicates(self.alerts, docs)
         self.timings["store_alerts"] = time.perf_counter() - started
         started = time.perf_counter()
-        updates = object_updates(alerts, stored_history)
+        updates, added = object_updates(alerts, stored_history)
         with _transient("update objects"):
             for start in range(0, len(updates), UPDATES_PER_COMMAND):
                 self.objects.bulk_write(updates[start : start + UPDATES_PER_COMMAND], ordered=False)
         self.timings["store_objects"] = time.perf_counter() - started
+        self.added = added
         return docs
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:
@@ -155,6 +159,12 @@ class Store:
 
 def object_key(survey: str, object_id: str) -> str:
     return f"{survey}:{object_id}"
+
+
+def history_filter(keys: Sequence[str]) -> dict[str, Any]:
+    # `_id` alone: an index lookup on MongoDB, and on FerretDB too with Nightjar's patch
+    # (services/ferretdb/patches/collection.go); any other shape scans every object there.
+    return {"_id": {"$in": list(keys)}}
 
 
 def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDocument:
@@ -192,8 +202,8 @@ def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDoc
 
 def object_updates(
     alerts: Iterable[Alert], stored_history: Mapping[str, Sequence[Mapping[str, Any]]]
-) -> list[pymongo.UpdateOne]:
-    """One upsert per object, adding only the points not stored yet."""
+) -> tuple[list[pymongo.UpdateOne], dict[str, list[dict[str, Any]]]]:
+    """One upsert per object adding only the points not stored yet; and those points."""
     new_points: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
     times: dict[str, list[float]] = {}
     latest: dict[str, Alert] = {}
@@ -222,7 +232,8 @@ def object_updates(
         if points:
             update["$addToSet"] = {"lightcurve": {"$each": list(points.values())}}
         updates.append(pymongo.UpdateOne({"_id": key}, update, upsert=True))
-    return updates
+    added = {key: list(points.values()) for key, points in new_points.items() if points}
+    return updates, added
 
 
 def rejected_document(rejection: Rejection, now: datetime) -> RejectedDocument:

@@ -62,14 +62,15 @@ def test_latencies_only_from_the_latency_phase() -> None:
     assert latencies_ms(pairs, since_ms=2_000) == [600.0, 250.0]
 
 
-def test_stage_breakdown_accounts_for_the_whole_wall_time() -> None:
+def test_stage_breakdown_splits_the_main_thread_from_the_writer() -> None:
     stages = {"store": 2.0, "decode": 1.0, "publish": 0.5, "commit": 0.1, "history": 0.4}
     table = stage_breakdown(stages, wall_seconds=5.0, alerts=1000, workers=None)
     assert list(table)[:5] == ["decode", "history", "store", "publish", "commit"]
     assert table["store"] == {"seconds": 2.0, "ms_per_alert": 2.0}
-    assert table["dispatch_and_wait"]["seconds"] == pytest.approx(1.0)
+    # The main thread ran decode, history and commit (1.5 s); the writer ran beside it.
+    assert table["main_thread_waiting"]["seconds"] == pytest.approx(3.5)
     assert table["wall"] == {"seconds": 5.0, "ms_per_alert": 5.0}
-    assert table["bottleneck"].startswith("main loop (4.00 ms/alert), mostly store")
+    assert table["bottleneck"] == "writer thread (2.50 ms/alert), mostly store"
 
 
 def test_parts_of_a_stage_are_nested_not_counted_twice() -> None:
@@ -80,14 +81,17 @@ def test_parts_of_a_stage_are_nested_not_counted_twice() -> None:
         "store_alerts": {"seconds": 0.5, "ms_per_alert": 0.5},
         "store_objects": {"seconds": 2.0, "ms_per_alert": 2.0},
     }
-    assert table["dispatch_and_wait"]["seconds"] == pytest.approx(1.0)  # 5 - (1 + 3)
-    assert table["bottleneck"] == "main loop (4.00 ms/alert), mostly store (store_objects)"
+    assert table["main_thread_waiting"]["seconds"] == pytest.approx(4.0)  # 5 - 1
+    assert table["bottleneck"] == "writer thread (3.00 ms/alert), mostly store (store_objects)"
 
 
-def test_bottleneck_names_the_workers_when_they_are_slower() -> None:
+def test_bottleneck_names_the_slowest_of_main_thread_writer_and_workers() -> None:
     workers = WorkerCost(alerts=100, annotate_seconds=1.2, threads=2)  # 12 ms, 6 per thread
     assert bottleneck({"store": 0.3}, 100, workers) == "workers (6.00 ms/alert over 2 threads)"
-    assert bottleneck({"store": 0.7}, 100, workers).startswith("main loop (7.00")
+    assert bottleneck({"store": 0.7}, 100, workers).startswith("writer thread (7.00")
+    assert bottleneck({"decode": 0.8, "store": 0.7}, 100, workers) == (
+        "main thread (8.00 ms/alert), mostly decode"
+    )
     assert bottleneck({}, 0, workers) == "unknown"
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from broker import history
 from broker.decode import Decoder
-from broker.pipeline import Batch, Pipeline, scoring_input, split_results
+from broker.pipeline import AddedPoints, Batch, Pipeline, scoring_input, split_results
 from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
 from broker.settings import SchemaSettings
 from broker.simulate import simulate
@@ -165,6 +165,8 @@ class Stages:
         return future
 
     # store
+    added: dict[str, list[dict[str, Any]]] = {}
+
     def read_history(self, alerts: Sequence[Alert]) -> dict[str, list[dict[str, Any]]]:
         return {}
 
@@ -190,8 +192,14 @@ class Stages:
 
 
 def run_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pipeline:
+    pipeline = make_pipeline(decoder, stages, max_in_flight)
+    pipeline.run(threading.Event(), exit_when_idle=0.05)
+    return pipeline
+
+
+def make_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pipeline:
     factory: Callable[[Any], Any] = lambda _on_revoke: stages  # noqa: E731
-    pipeline = Pipeline(
+    return Pipeline(
         decoder=decoder,
         consumer_factory=factory,
         dispatcher=cast(Any, stages),
@@ -201,8 +209,6 @@ def run_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pi
         batch_seconds=0.01,
         max_in_flight=max_in_flight,
     )
-    pipeline.run(threading.Event(), exit_when_idle=0.05)
-    return pipeline
 
 
 def test_each_batch_is_stored_and_published_before_its_offsets_are_committed(
@@ -210,7 +216,7 @@ def test_each_batch_is_stored_and_published_before_its_offsets_are_committed(
 ) -> None:
     stages = Stages([raws[0:3], [b"not avro", raws[3]], raws[4:6]])
     pipeline = run_pipeline(decoder, stages, max_in_flight=1)
-    names = [name for name, _ in stages.events]
+    names = [name for name, _ in stages.events if name not in ("pause", "resume")]
     assert names == [
         "store",
         "store rejections",
@@ -244,6 +250,62 @@ def test_a_batch_failing_every_time_is_stored_without_scores(
     assert [bool(result.annotations) for result in stages.results] == [False] * 4 + [True] * 2
     commits = [offsets for name, offsets in stages.events if name == "commit"]
     assert commits == [{(TOPIC, 0): 4}, {(TOPIC, 0): 6}]
+
+
+def test_points_stored_after_a_batch_read_its_history_are_added_to_it() -> None:
+    # The store reads no history again: a batch learns what the batches in flight with
+    # it stored since it read its own, so a detection already stored is not added twice.
+    added = AddedPoints()
+    first = {"ztf:a": [{"candid": 1}], "ztf:b": [{"candid": 2}]}
+    added.add(first)
+    mark = added.mark()  # a batch reads its history: `first` is in MongoDB already
+    added.add({"ztf:a": [{"candid": 3}]})
+    added.add({})
+    added.add({"ztf:a": [{"candid": 4}], "ztf:c": [{"candid": 5}]})
+    assert added.since(mark, {"ztf:a", "ztf:b"}) == {"ztf:a": [{"candid": 3}, {"candid": 4}]}
+    assert added.since(0, {"ztf:b"}) == {"ztf:b": [{"candid": 2}]}
+    added.trim(mark + 1)  # the oldest batch in flight read after the second write
+    assert added.since(0, {"ztf:a"}) == {"ztf:a": [{"candid": 4}]}
+    added.trim(None)
+    assert added.since(0, {"ztf:a", "ztf:c"}) == {}
+
+
+def test_a_later_batch_of_the_same_object_is_stored_with_the_points_of_the_earlier(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    alerts = decoded(decoder, raws, 60)
+    by_object: dict[str, list[bytes]] = {}
+    for alert in alerts:
+        by_object.setdefault(alert.object_id, []).append(alert.raw)
+    pair = next(raws_ for raws_ in by_object.values() if len(raws_) >= 2)
+    stages = Stages([[pair[0]], [pair[1]]])
+    stages.added = {}
+    database: dict[str, list[dict[str, Any]]] = {}
+    seen: list[dict[str, Any]] = []
+    write = stages.write
+
+    def read_history(batch_alerts: Sequence[Alert]) -> dict[str, list[dict[str, Any]]]:
+        keys = {object_key("ztf", a.object_id) for a in batch_alerts}
+        return {key: list(database[key]) for key in keys & database.keys()}
+
+    def recording(batch_alerts: Sequence[Alert], results: Any, stored: Any) -> list[Any]:
+        # Whether the second batch read before or after the first was stored, it must be
+        # stored knowing the first one's points.
+        seen.append({key: list(points) for key, points in stored.items()})
+        stages.added = {
+            object_key("ztf", a.object_id): [{"candid": a.candid}] for a in batch_alerts
+        }
+        for key, points in stages.added.items():
+            database.setdefault(key, []).extend(points)
+        return write(batch_alerts, results, stored)
+
+    stages.read_history = read_history  # type: ignore[method-assign]
+    stages.write = recording  # type: ignore[method-assign]
+    run_pipeline(decoder, stages, max_in_flight=2)
+    first = decoder.decode(pair[0])
+    key = object_key("ztf", first.object_id)
+    assert seen[0] == {}
+    assert seen[1] == {key: [{"candid": first.candid}]}
 
 
 def decoded_candid(decoder: Decoder, raw: bytes) -> int:

@@ -124,9 +124,19 @@ class OnnxModel(Model):
             )
 
     def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, len(outputs)) float32 from the first output tensor."""
-        output = self.session.run(None, feeds)[0]
-        return np.asarray(output, dtype=np.float32).reshape(len(next(iter(feeds.values()))), -1)
+        """(N, len(outputs)) float32 from the first output tensor, run in slices."""
+        count = len(next(iter(feeds.values())))
+        step = self.settings.inference_batch
+        parts = [
+            np.asarray(
+                self.session.run(None, {k: v[start : start + step] for k, v in feeds.items()})[0],
+                dtype=np.float32,
+            ).reshape(min(step, count - start), -1)
+            for start in range(0, count, step)
+        ]
+        if not parts:
+            return np.zeros((0, len(self.spec.outputs)), dtype=np.float32)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def annotations(self, outputs: np.ndarray, errors: Sequence[str | None]) -> list[Outcome]:
         """Rows -> Annotation (column 0 = score, the rest named by spec.outputs), or skips."""
