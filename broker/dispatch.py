@@ -8,15 +8,46 @@ Models load once per worker (workers.plugin.AnnotatorPlugin), never shipped with
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
-from distributed import Client, Future, LocalCluster
+from distributed import Client, Future, LocalCluster, wait
 
-from broker.records import ScoringInput
+from broker.records import AlertResult, ScoringInput
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
+
+# A batch is scored as one task per worker thread, so that every thread works on it (a
+# batch's latency is its share, not all of it); parts never smaller than this many alerts,
+# where the per-task cost would start to show.
+MIN_PART = 32
+
+
+class BatchFuture:
+    """The results of a batch scored in parts: done when every part is, in batch order."""
+
+    def __init__(self, parts: Sequence[Future]) -> None:
+        self.parts = list(parts)
+
+    def done(self) -> bool:
+        return all(part.done() for part in self.parts)
+
+    def result(self, timeout: float | None = None) -> list[AlertResult]:
+        """Every part's results, concatenated; TimeoutError if not done within `timeout`."""
+        if timeout is not None and not self.done():
+            wait(self.parts, timeout=timeout)  # raises TimeoutError
+        # No timeout on finished parts: Dask gives up on result(timeout=0) before the data
+        # has come back from the worker.
+        return [result for part in self.parts for result in part.result()]
+
+
+def split(batch: Sequence[ScoringInput], threads: int) -> list[list[ScoringInput]]:
+    """Contiguous parts, one per thread but none under MIN_PART alerts (at least one)."""
+    count = max(1, min(threads, len(batch) // MIN_PART))
+    size = math.ceil(len(batch) / count)
+    return [list(batch[start : start + size]) for start in range(0, len(batch), size)]
 
 
 class Dispatcher:
@@ -52,16 +83,24 @@ class Dispatcher:
             )
         self.client.register_plugin(AnnotatorPlugin(self._settings.models))
 
-    def submit(self, batch: Sequence[ScoringInput]) -> Future:
+    def submit(self, batch: Sequence[ScoringInput]) -> BatchFuture:
         from workers.plugin import annotate_batch
 
         if self.client is None:
             raise RuntimeError("Dispatcher.start() was not called")
-        # Scatter first: the batch (cutouts, several MB) goes straight to a worker instead
-        # of through the scheduler inside the task graph. pure=False: a re-submitted
-        # batch (after a worker died) must run again.
-        data = self.client.scatter(list(batch), hash=False)
-        return self.client.submit(annotate_batch, data, pure=False)
+        parts = split(batch, self.threads())
+        # Scatter first: each part (cutouts, several MB) goes straight to a worker instead
+        # of through the scheduler inside the task graph, as one piece of data (a list
+        # would be scattered element by element: one key per alert). pure=False: a
+        # re-submitted batch (after a worker died) must run again.
+        data = self.client.scatter(parts, hash=False)
+        return BatchFuture([self.client.submit(annotate_batch, d, pure=False) for d in data])
+
+    def threads(self) -> int:
+        """Worker threads in the cluster now (workers may come and go on an external one)."""
+        if self.client is None:
+            return 1
+        return max(1, sum(self.client.nthreads().values()))
 
     def workers(self) -> dict[str, Any]:
         if self.client is None:

@@ -117,7 +117,11 @@ class FerretDBService(Service):
             str(self.binary(layout)),
             f"--listen-addr={HOST}:{self.port.number}",
             "--handler=sqlite",
-            f"--sqlite-url={data.as_uri()}/",
+            # WAL (FerretDB's default) with synchronous=NORMAL: a commit survives a crash of
+            # FerretDB or of the broker, not a power cut of this machine (the last commits
+            # may roll back; production runs MongoDB). FULL syncs every upsert: the light-
+            # curve updates cost 3x more (0.92 -> 0.31 ms each, measured).
+            f"--sqlite-url={data.as_uri()}/?_pragma=synchronous(normal)",
             "--log-level=warn",
         ]
 
