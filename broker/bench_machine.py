@@ -21,6 +21,7 @@ from pymongo.errors import PyMongoError
 
 from broker.errors import NightjarError
 from broker.services.base import Layout
+from broker.services.ferretdb import FerretDBService
 from broker.services.kafka import KAFKA_VERSION, KafkaService
 from broker.services.supervisor import status
 from broker.settings import Settings
@@ -104,12 +105,14 @@ def kafka_server() -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class CpuSample:
-    """CPU seconds so far: the whole machine (busy), this process, and its descendants."""
+    """CPU seconds so far: the whole machine (busy), this process, its descendants, and
+    each local service (`nightjar services up`) found running."""
 
     wall: float
     machine_busy: float | None
     process: float
     descendants: float
+    services: dict[str, float]
 
 
 def cpu_sample() -> CpuSample:
@@ -118,7 +121,19 @@ def cpu_sample() -> CpuSample:
         machine_busy=_machine_busy_seconds(),
         process=time.process_time(),  # every thread: main loop, librdkafka, pymongo
         descendants=sum(_process_cpu_seconds(pid) for pid in _descendants(os.getpid())),
+        services={name: _process_cpu_seconds(pid) for name, pid in _service_pids().items()},
     )
+
+
+def _service_pids() -> dict[str, int]:
+    """Pids of the local Kafka and FerretDB, where this data folder runs them."""
+    layout = Layout.from_env(os.environ, Path.cwd())
+    try:
+        states = status([KafkaService(os.environ), FerretDBService(os.environ)], layout)
+    except (NightjarError, OSError) as exc:  # a status probe must never fail the benchmark
+        log.debug("services status: %s", exc)
+        return {}
+    return {s.service.name: s.pid for s in states if s.state == "running" and s.pid}
 
 
 def cpu_usage(start: CpuSample, end: CpuSample) -> dict[str, float | int | None]:
@@ -132,6 +147,11 @@ def cpu_usage(start: CpuSample, end: CpuSample) -> dict[str, float | int | None]
         "machine_busy_cores": busy,
         "broker_process_cores": round((end.process - start.process) / wall, 2),
         "dask_worker_cores": round(max(0.0, end.descendants - start.descendants) / wall, 2),
+        # The servers share the machine: their CPU is part of what an alert costs here.
+        **{
+            f"{name}_cores": round(max(0.0, end.services[name] - start.services[name]) / wall, 2)
+            for name in sorted(start.services.keys() & end.services.keys())
+        },
     }
 
 

@@ -194,10 +194,15 @@ def test_machine_facts_from_proc_files(tmp_path: Path) -> None:
     assert cpu_model(tmp_path / "cpuinfo") == "Example CPU @ 3GHz"
     assert memory_gib(tmp_path / "meminfo") == 23.6
     assert memory_gib(tmp_path / "missing") is None
-    usage = cpu_usage(CpuSample(10.0, 50.0, 1.0, 2.0), CpuSample(12.0, 53.0, 2.0, 4.5))
+    usage = cpu_usage(
+        CpuSample(10.0, 50.0, 1.0, 2.0, {"ferretdb": 5.0, "kafka": 1.0}),
+        CpuSample(12.0, 53.0, 2.0, 4.5, {"ferretdb": 6.2}),
+    )
     assert usage["machine_busy_cores"] == 1.5
     assert usage["broker_process_cores"] == 0.5
     assert usage["dask_worker_cores"] == 1.25
+    assert usage["ferretdb_cores"] == 0.6  # kafka was not found running in the second sample
+    assert "kafka_cores" not in usage
 
 
 def test_worker_timing_without_onnx_models_has_no_ceiling(tmp_path: Path) -> None:
