@@ -96,7 +96,7 @@ def run_demo(base: Settings, options: DemoOptions, say: Say) -> DemoResult:
     forget_previous(base, options.state_dir, say)
     fritz = fritz_with_token(base) if options.post and fritz_up else None
     names = DemoNames.fresh()
-    settings = demo_settings(base, names, fritz)
+    settings = with_reference_schemas(demo_settings(base, names, fritz), options.reference, say)
     filters = [d.name for d in settings.filters.definitions if d.enabled]
     remember(options.state_dir, names, filters)
     produced = produce_inputs(settings, names, options, say)
@@ -142,6 +142,17 @@ def produce_inputs(
             raise DemoError(f"producing to {topic} failed: {'; '.join(stats.errors[:3])}")
         produced[topic] = stats.delivered
     return produced
+
+
+def with_reference_schemas(settings: Settings, reference: Path | None, say: Say) -> Settings:
+    """Rubin's schemas 7.0-11.0 from the reference folder, where it has them and no registry
+    is configured: the real Rubin sample alert is v7.1, and schemas/ ships 11.0 only."""
+    folder = reference / "lsst" / "schema" if reference is not None else None
+    if folder is None or not folder.is_dir() or settings.schemas.lsst_registry_url:
+        return settings
+    say(f"lsst: schemas from {folder} (the real sample alerts are older than schemas/lsst)")
+    schemas = settings.schemas.model_copy(update={"lsst_schema_dir": folder})
+    return settings.model_copy(update={"schemas": schemas})
 
 
 def _real_alerts(reference: Path | None, survey: str, schemas: SchemaSettings) -> Iterator[bytes]:

@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "reference"
 TOKEN = "demo-test-token"
 ZTF, LSST = 40, 20
+RUBIN_SAMPLE = 25409136044802067  # ../shared/reference/lsst/alerts, schema 7.1
 BRIGHT = 17.2  # the test filter: a handful of simulated alerts (and real ones) pass it
 
 
@@ -120,6 +121,10 @@ def test_demo_fills_mongodb_kafka_the_table_the_gallery_and_fritz(
     assert sum(sum(row.rejected.values()) for row in report.surveys) == rejected
     if real:  # the schema 1.x samples have no objectId: rejected with a reason, not crashed
         assert rows["ztf"].rejected.get("missing_field", 0) >= 1
+        # The real Rubin alert (schema 7.1) is read with the reference folder's schemas.
+        rubin = db["alerts"].find_one({"survey": "lsst", "candid": RUBIN_SAMPLE})
+        assert rubin is not None and rubin["schema_version"] == "7.1"
+        assert rubin["annotations"]["reliability"]["score"] == pytest.approx(0.8079, abs=1e-4)
 
     # Kafka: one annotated message per stored alert on the output topic, readable as Avro.
     assert rows["ztf"].published == stored["ztf"] and rows["lsst"].published == stored["lsst"]
