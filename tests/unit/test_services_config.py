@@ -12,7 +12,13 @@ from broker.errors import ConfigError, ServiceError
 from broker.services import REGISTRY, create
 from broker.services import build as build_steps
 from broker.services.base import Layout, port_from_env, port_in_use
-from broker.services.ferretdb import FerretDBService, check_go, parse_go_version
+from broker.services.ferretdb import (
+    PATCHES,
+    SOURCE_FILES,
+    FerretDBService,
+    check_go,
+    parse_go_version,
+)
 from broker.services.kafka import KafkaService, new_cluster_id, server_properties
 
 
@@ -182,3 +188,16 @@ def test_tail_keeps_the_last_lines(tmp_path: Path) -> None:
 
     assert build_steps.tail(path, lines=3) == "line 97\nline 98\nline 99"
     assert build_steps.tail(tmp_path / "absent.log") == ""
+
+
+def test_ferretdb_runs_sqlite_in_wal_with_normal_sync_and_both_patches(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "cache", tmp_path / "data")
+    argv = FerretDBService({"NIGHTJAR_SERVICES_FERRETDB_PORT": "27999"}).prepare(layout)
+    url = next(arg for arg in argv if arg.startswith("--sqlite-url="))
+    # A committed write survives a crash of FerretDB or the broker (WAL); FULL would fsync
+    # every light-curve upsert.
+    assert url.endswith("/?_pragma=synchronous(normal)")
+    assert "--listen-addr=127.0.0.1:27999" in argv
+    # The patched files are part of the build's identity: a changed patch rebuilds.
+    assert {"patches/metadata.go", "patches/collection.go"} <= set(SOURCE_FILES)
+    assert set(PATCHES) == {"patches/metadata.go", "patches/collection.go"}
