@@ -71,6 +71,13 @@ def _train_parser(actions: argparse._SubParsersAction) -> None:
     train.add_argument("--batch", type=_positive, default=64)
     train.add_argument("--learning-rate", type=float, default=3e-3)
     train.add_argument("--comet-fraction", type=_fraction, default=0.4)
+    train.add_argument(
+        "--hard-negatives",
+        type=_positive_float,
+        default=1.0,
+        metavar="X",
+        help="weight point-source and asteroid look-alikes X times among training negatives",
+    )
     train.add_argument("--threads", type=_positive, default=2, help="TensorFlow threads")
     train.add_argument(
         "--widths",
@@ -187,7 +194,8 @@ def _train(args: argparse.Namespace) -> int:
     command = (
         f"nightjar tails train {source} --validation {args.validation} --epochs {args.epochs} "
         f"--batch {args.batch} --learning-rate {args.learning_rate:g} "
-        f"--comet-fraction {args.comet_fraction:g} --threads {args.threads} "
+        f"--comet-fraction {args.comet_fraction:g} --hard-negatives {args.hard_negatives:g} "
+        f"--threads {args.threads} "
         f"--widths {','.join(map(str, widths))} --name {args.name} --out {args.out}"
     )
     config = TrainConfig(
@@ -198,6 +206,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data,
         validation=args.validation,
         comet_fraction=args.comet_fraction,
+        hard_negatives=args.hard_negatives,
         epochs=args.epochs,
         batch=args.batch,
         learning_rate=args.learning_rate,
@@ -363,6 +372,16 @@ def _positive(text: str) -> int:
     value = int(text)
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be > 0, not {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
     return value
 
 

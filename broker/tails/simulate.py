@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -69,8 +69,14 @@ def simulate(
 
 
 def iter_chunks(
-    n: int, seed: int, placement: Placement = "stamp", comet_fraction: float = 0.5
+    n: int,
+    seed: int,
+    placement: Placement = "stamp",
+    comet_fraction: float = 0.5,
+    negatives: Mapping[str, float] = NEGATIVES,
 ) -> Iterator[Dataset]:
+    """Chunks of `simulate`; `negatives` is the mix of look-alikes (training may weight the
+    hard ones up; evaluation sets keep NEGATIVES)."""
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be >= 0, not n={n}, seed={seed}")
     if not 0.0 <= comet_fraction <= 1.0:
@@ -78,17 +84,22 @@ def iter_chunks(
     size = STAMP if placement == "stamp" else BOX
     for chunk, start in enumerate(range(0, n, CHUNK)):
         rng = np.random.default_rng([seed, chunk, size])
-        yield simulate_chunk(rng, min(CHUNK, n - start), size, placement, comet_fraction)
+        yield simulate_chunk(rng, min(CHUNK, n - start), size, placement, comet_fraction, negatives)
 
 
 def simulate_chunk(
-    rng: np.random.Generator, count: int, size: int, placement: Placement, comet_fraction: float
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    placement: Placement,
+    comet_fraction: float,
+    negatives: Mapping[str, float] = NEGATIVES,
 ) -> Dataset:
     cond = Conditions.draw(rng, count)
     layers = Layers.empty(count, (size, size))
     add_field(rng, layers, cond)
     is_comet = rng.permutation(np.arange(count) < round(comet_fraction * count))
-    truth = _negative_subjects(rng, layers, cond, is_comet, placement)
+    truth = _negative_subjects(rng, layers, cond, is_comet, placement, negatives)
     comets = np.flatnonzero(is_comet)
     x, y = _positions(rng, len(comets), size, placement, centred=0.5)
     snr = log_uniform(rng, *SNR_RANGE, len(comets))
@@ -114,6 +125,7 @@ def _negative_subjects(
     cond: Conditions,
     is_comet: np.ndarray,
     placement: Placement,
+    negatives: Mapping[str, float],
 ) -> dict[str, np.ndarray]:
     """One per comet-less stamp (what triggered the alert); about 0-4 in any box, as frames
     hold other transients and artefacts beside a comet. Labels: each image's first one."""
@@ -121,7 +133,7 @@ def _negative_subjects(
     stamp = placement == "stamp"
     numbers = (~is_comet).astype(int) if stamp else rng.poisson(1.5, count)
     image = np.repeat(np.arange(count), numbers)
-    kinds = rng.choice(list(NEGATIVES), len(image), p=list(NEGATIVES.values()))
+    kinds = rng.choice(list(negatives), len(image), p=list(negatives.values()))
     x, y = _positions(rng, len(image), size, placement, centred=0.8)
     snr = log_uniform(rng, *SNR_RANGE, len(image))
     got = add_negatives(rng, layers, cond, Objects(image, x, y, {}), kinds, snr)

@@ -26,6 +26,20 @@ NEGATIVES = {
     "empty": 0.07,
 }
 KINDS = (COMET, *NEGATIVES)
+# The look-alikes that set the detector's 0.1% false-positive threshold (its evaluation's
+# false_positive_rate_by_kind): compact transients, and trailed asteroids.
+HARD_NEGATIVES = ("point_source", "asteroid")
+
+
+def negative_mix(hard: float = 1.0) -> dict[str, float]:
+    """NEGATIVES with the hard look-alikes' shares multiplied by `hard`, renormalised."""
+    if hard <= 0:
+        raise ValueError(f"the hard-negative factor must be > 0, not {hard}")
+    weights = {k: w * (hard if k in HARD_NEGATIVES else 1.0) for k, w in NEGATIVES.items()}
+    total = sum(weights.values())
+    return {kind: weight / total for kind, weight in weights.items()}
+
+
 SNR_RANGE = (5.0, 150.0)  # matched-filter SNR: from bright down to ZTF's 5 sigma limit
 
 

@@ -22,6 +22,7 @@ from broker.models.convert import MAX_ABS_DIFF, OPSET, ConversionError, import_t
 from broker.tails import network
 from broker.tails.contract import preprocess
 from broker.tails.simulate import Dataset, iter_chunks, iter_shards
+from broker.tails.subjects import negative_mix
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,9 @@ class TrainConfig:
     data: Path | None = None  # shards from `nightjar tails simulate` instead of n/seed
     validation: int = 2_000
     comet_fraction: float = 0.4
+    # Shares of point-source transients and asteroids among the training negatives, times
+    # this (the look-alikes above the 0.1% FPR threshold); held-out sets keep the default mix.
+    hard_negatives: float = 1.0
     epochs: int = 12
     batch: int = 64
     learning_rate: float = 3e-3
@@ -128,7 +132,8 @@ def _load(config: TrainConfig) -> tuple[Arrays, Arrays]:
         data = Arrays.from_chunks(iter_shards(config.data))
         split = max(len(data.labels) - config.validation, 1)
         return _slice(data, slice(0, split)), _slice(data, slice(split, None))
-    chunks = iter_chunks(config.n, config.seed, "stamp", config.comet_fraction)
+    mix = negative_mix(config.hard_negatives)
+    chunks = iter_chunks(config.n, config.seed, "stamp", config.comet_fraction, mix)
     # A different seed stream: validation never shares a chunk with training.
     held = iter_chunks(config.validation, config.seed + 1_000_000, "stamp", 0.5)
     return Arrays.from_chunks(chunks), Arrays.from_chunks(held)

@@ -18,7 +18,8 @@ from broker.tails.contract import offset_to_sky, preprocess
 from broker.tails.frames import Detection, box_starts, merge
 from broker.tails.profiles import moffat
 from broker.tails.quadrant import simulate_quadrant
-from broker.tails.subjects import KINDS, SNR_RANGE
+from broker.tails.simulate import Dataset, iter_chunks
+from broker.tails.subjects import HARD_NEGATIVES, KINDS, NEGATIVES, SNR_RANGE, negative_mix
 
 
 @pytest.fixture
@@ -164,3 +165,21 @@ def test_a_quadrant_has_its_comets_where_its_wcs_says() -> None:
         window = quadrant.images[y - 2 : y + 3, x - 2 : x + 3, 2]
         noise = np.nanstd(quadrant.images[:50, :50, 2])
         assert np.nanmax(window) > 2 * noise  # something is in the difference there
+
+
+def test_training_can_weight_up_the_hard_look_alikes() -> None:
+    mix = negative_mix(3.0)
+    assert sum(mix.values()) == pytest.approx(1.0)
+    for kind in HARD_NEGATIVES:
+        assert mix[kind] > NEGATIVES[kind]
+    assert mix["cosmic_ray"] < NEGATIVES["cosmic_ray"]
+    assert negative_mix(1.0) == pytest.approx(NEGATIVES)
+    with pytest.raises(ValueError, match="> 0"):
+        negative_mix(0.0)
+    hard = Dataset.concatenate(list(iter_chunks(400, 3, "stamp", 0.0, negative_mix(4.0))))
+    plain = Dataset.concatenate(list(iter_chunks(400, 3, "stamp", 0.0)))
+
+    def share(data: Dataset) -> float:
+        return float(np.isin(data.kind, HARD_NEGATIVES).mean())
+
+    assert share(hard) > share(plain) + 0.2
