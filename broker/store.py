@@ -127,6 +127,7 @@ class Store:
         Returns the documents built for this batch, in the order of `alerts`: the filter
         stage matches them in-process instead of reading them back.
         """
+        self.timings, self.added = {}, {}  # a batch with nothing to store reports nothing
         if not alerts:
             return []
         updates, added = object_updates(alerts, stored_history)
