@@ -72,14 +72,8 @@ def _recorder(model: OnnxModel, runs: list[Callable[[], Any]]) -> Callable[[Feed
     original = model.infer
 
     def infer(feeds: Feeds) -> np.ndarray:
-        # Sliced as OnnxModel.infer slices them (models.inference_batch).
-        step = model.settings.inference_batch
-        count = len(next(iter(feeds.values())))
-        for start in range(0, count, step):
-            frozen = {
-                name: np.ascontiguousarray(array[start : start + step])
-                for name, array in feeds.items()
-            }
+        for part in model.slices(feeds):  # the runs OnnxModel.infer makes
+            frozen = {name: np.ascontiguousarray(array) for name, array in part.items()}
             runs.append(functools.partial(model.session.run, None, frozen))
         return original(feeds)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,6 +24,8 @@ log = logging.getLogger(__name__)
 # batch's latency is its share, not all of it); parts never smaller than this many alerts,
 # where the per-task cost would start to show.
 MIN_PART = 32
+# A round trip to the scheduler: not once per batch.
+THREADS_REFRESH_S = 10.0
 
 
 class BatchFuture:
@@ -57,6 +60,7 @@ class Dispatcher:
         self._settings = settings
         self._cluster: LocalCluster | None = None
         self.client: Client | None = None
+        self._threads, self._threads_at = 1, -math.inf
 
     def start(self) -> None:
         from workers.plugin import AnnotatorPlugin  # heavy import, only where work runs
@@ -97,10 +101,15 @@ class Dispatcher:
         return BatchFuture([self.client.submit(annotate_batch, d, pure=False) for d in data])
 
     def threads(self) -> int:
-        """Worker threads in the cluster now (workers may come and go on an external one)."""
+        """Worker threads in the cluster, asked of the scheduler at most every
+        THREADS_REFRESH_S (workers may come and go on an external cluster)."""
         if self.client is None:
             return 1
-        return max(1, sum(self.client.nthreads().values()))
+        now = time.monotonic()
+        if now - self._threads_at >= THREADS_REFRESH_S:
+            self._threads = max(1, sum(self.client.nthreads().values()))
+            self._threads_at = now
+        return self._threads
 
     def workers(self) -> dict[str, Any]:
         if self.client is None:

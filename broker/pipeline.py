@@ -334,9 +334,9 @@ class Pipeline:
         # since then added: no second read. A detection's candidate and history points
         # differ, so $addToSet alone would keep both.
         keys = {object_key(a.survey, a.object_id) for a in alerts}
-        stored = {key: list(points) for key, points in batch.stored_history.items()}
+        stored = dict(batch.stored_history)  # the batch's own copy stays as read (retries)
         for key, points in self.added.since(batch.history_seq, keys).items():
-            stored.setdefault(key, []).extend(points)
+            stored[key] = [*stored.get(key, ()), *points]
         docs = self.store.write(alerts, results, stored)
         for stage, seconds in self.store.timings.items():
             self._add(stage, seconds)

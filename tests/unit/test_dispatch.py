@@ -8,7 +8,8 @@ from typing import Any, cast
 
 import pytest
 
-from broker.dispatch import MIN_PART, BatchFuture, split
+from broker.dispatch import MIN_PART, THREADS_REFRESH_S, BatchFuture, Dispatcher, split
+from broker.settings import Settings
 
 
 @pytest.mark.parametrize(
@@ -54,3 +55,24 @@ def test_a_failed_part_fails_the_batch() -> None:
     assert batch.done()
     with pytest.raises(RuntimeError, match="worker died"):
         batch.result()
+
+
+def test_the_thread_count_is_asked_of_the_scheduler_once_per_refresh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[int] = []
+
+    class Client:
+        def nthreads(self) -> dict[str, int]:
+            calls.append(1)
+            return {"tcp://a": 2, "tcp://b": 3}
+
+    clock = [100.0]
+    monkeypatch.setattr("broker.dispatch.time.monotonic", lambda: clock[0])
+    dispatcher = Dispatcher(Settings())
+    assert dispatcher.threads() == 1  # not started: one part per batch
+    dispatcher.client = cast(Any, Client())
+    assert [dispatcher.threads() for _ in range(5)] == [5] * 5
+    assert len(calls) == 1
+    clock[0] += THREADS_REFRESH_S
+    assert dispatcher.threads() == 5 and len(calls) == 2

@@ -123,20 +123,22 @@ class OnnxModel(Model):
                 f"model {self.name}: the ONNX file has inputs {have}, the registry says {want}"
             )
 
-    def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """(N, len(outputs)) float32 from the first output tensor, run in slices."""
+    def slices(self, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """The feeds cut into runs of `models.inference_batch` alerts (see ModelSettings)."""
         count = len(next(iter(feeds.values())))
         step = self.settings.inference_batch
-        parts = [
-            np.asarray(
-                self.session.run(None, {k: v[start : start + step] for k, v in feeds.items()})[0],
-                dtype=np.float32,
-            ).reshape(min(step, count - start), -1)
+        return [
+            {k: v[start : start + step] for k, v in feeds.items()}
             for start in range(0, count, step)
         ]
-        if not parts:
-            return np.zeros((0, len(self.spec.outputs)), dtype=np.float32)
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """(N, len(outputs)) float32 from the first output tensor, run slice by slice."""
+        parts = [
+            np.asarray(self.session.run(None, part)[0], dtype=np.float32)
+            for part in self.slices(feeds)
+        ]
+        return np.concatenate(parts).reshape(len(next(iter(feeds.values()))), -1)
 
     def annotations(self, outputs: np.ndarray, errors: Sequence[str | None]) -> list[Outcome]:
         """Rows -> Annotation (column 0 = score, the rest named by spec.outputs), or skips."""
