@@ -263,9 +263,19 @@ def unique_name(prefix: str) -> str:
 
 
 def produce(
-    bootstrap: str, topic: str, values: Iterable[bytes], partition: int | None = None
+    bootstrap: str,
+    topic: str,
+    values: Iterable[bytes],
+    partition: int | None = None,
+    spread: int = 0,
 ) -> list[tuple[int, int]]:
-    """Produce in order (idempotent producer); (partition, offset) of each value, in order."""
+    """Produce in order (idempotent producer); (partition, offset) of each value, in order.
+
+    `spread=N` sends value i to partition i % N. Left to the client, keyless messages
+    produced before the topic's metadata arrives all land in one partition (librdkafka's
+    sticky partitioner assigns the whole queued backlog at once), so a test that needs
+    every partition used must say so.
+    """
     producer = Producer(
         {"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 20}
     )
@@ -284,6 +294,8 @@ def produce(
     count = 0
     for index, value in enumerate(values):
         kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+        if spread:
+            kwargs["partition"] = index % spread
         while True:
             try:
                 producer.produce(topic, value, on_delivery=delivered(index), **kwargs)

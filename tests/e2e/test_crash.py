@@ -56,7 +56,9 @@ def test_killed_and_restarted_broker_stores_each_alert_once(
     alerts = list(simulate("ztf", ALERTS, seed=11))
     candids = {alert.candid for alert in alerts}
     assert len(candids) == ALERTS
-    positions = produce(rig.bootstrap, rig.topics[0], (alert.data for alert in alerts))
+    positions = produce(
+        rig.bootstrap, rig.topics[0], (alert.data for alert in alerts), spread=PARTITIONS
+    )
     assert {partition for partition, _ in positions} == set(range(PARTITIONS))
 
     rng = random.Random(20200202)

@@ -41,7 +41,7 @@ def test_mixed_surveys_in_pipelined_batches(
     lsst = list(simulate("lsst", 60, seed=31))
     mixed = [*ztf, *lsst]
     mixed.sort(key=lambda alert: alert.candid % 7)  # interleaved, deterministically
-    produce(rig.bootstrap, rig.topics[0], (alert.data for alert in mixed))
+    produce(rig.bootstrap, rig.topics[0], (alert.data for alert in mixed), spread=2)
     # Small batches, several in flight: each reads its history before the previous is stored.
     finished = rig.run(NIGHTJAR_DISPATCH__BATCH_SIZE="20", NIGHTJAR_DISPATCH__MAX_IN_FLIGHT="4")
     assert len(finished.lines("broker.pipeline: batch:")) >= 10
