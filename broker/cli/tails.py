@@ -330,6 +330,7 @@ def _record(args: argparse.Namespace, summary: dict[str, Any]) -> None:
         "operating_points",
         "position_rms_px",
         "recall_vs_snr",
+        "recall_snr_ge_10_by_morphology",
         "false_positive_rate_by_kind",
         "cpu_ms_per_example_1_thread",
     )

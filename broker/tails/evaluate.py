@@ -1,5 +1,6 @@
 """Evaluation on a held-out simulated set: recall at fixed false-positive rates, position
-error, recall vs SNR, per-kind false positives, per-example CPU cost, and figures.
+error, recall vs SNR and vs comet morphology, per-kind false positives, per-example CPU
+cost, and figures.
 
 Input: a Tails-contract ONNX model and a folder of shards from `nightjar tails simulate`.
 Output: evaluation.json plus roc.png, recall_vs_snr.png and galleries of hits, misses and
@@ -27,6 +28,21 @@ FPR_TARGETS = (1e-2, 1e-3, 1e-4)
 MAIN_FPR = 1e-3
 SNR_BINS = (5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0, 50.0, 80.0, 150.0)
 BRIGHT_SNR = 10.0
+# Morphology bins (pixels) for recall at SNR >= BRIGHT_SNR: a tailless, compact coma is the
+# comet hardest to tell from a point source in one epoch.
+TAIL_BINS = (
+    ("none", 0.0, 1e-6),
+    ("0-5 px", 1e-6, 5.0),
+    ("5-10 px", 5.0, 10.0),
+    ("10-20 px", 10.0, 20.0),
+    (">= 20 px", 20.0, np.inf),
+)
+RADIUS_BINS = (
+    ("2-3 px", 2.0, 3.0),
+    ("3-4 px", 3.0, 4.0),
+    ("4-6 px", 4.0, 6.0),
+    (">= 6 px", 6.0, np.inf),
+)
 GALLERY = 8
 TIMING_EXAMPLES = 2048
 
@@ -41,6 +57,8 @@ class Scored:
     truth: np.ndarray  # (N, 2) true x, y
     snr: np.ndarray
     kind: np.ndarray
+    coma_radius: np.ndarray  # NaN for negatives and for sets simulated without the label
+    tail_length: np.ndarray
     skipped: int
     size: int
 
@@ -66,6 +84,8 @@ def score_set(detector: Detector, data: Path) -> tuple[Scored, np.ndarray]:
                 "truth": np.stack([shard.x, shard.y], axis=1),
                 "snr": shard.snr,
                 "kind": shard.kind,
+                "coma_radius": shard.coma_radius,
+                "tail_length": shard.tail_length,
             }
         )
         if not len(sample):
@@ -102,6 +122,7 @@ def summarise(result: Scored) -> dict[str, Any]:
         "operating_points": points,
         "position_rms_px": _position(result, main),
         "recall_vs_snr": _recall_by_snr(result, {"fpr_0.001": main, "p>=0.7": 0.7}),
+        f"recall_snr_ge_{BRIGHT_SNR:g}_by_morphology": _recall_by_morphology(result, main),
         "false_positive_rate_by_kind": _by_kind(result, main),
     }
 
@@ -161,6 +182,29 @@ def _recall_by_snr(result: Scored, thresholds: dict[str, float]) -> dict[str, An
     return table
 
 
+def _recall_by_morphology(result: Scored, threshold: float) -> dict[str, Any] | None:
+    """Recall at `threshold` of SNR >= BRIGHT_SNR comets per tail-length and coma-radius
+    bin (None for a set simulated before these labels existed)."""
+    bright = result.is_comet & (result.snr >= BRIGHT_SNR)
+    if not np.isfinite(result.tail_length[bright]).any():
+        return None
+    detected = result.scores > threshold
+
+    def table(values: np.ndarray, bins: tuple[tuple[str, float, float], ...]) -> dict[str, Any]:
+        rows = {}
+        for label, low, high in bins:
+            chosen = bright & (values >= low) & (values < high)
+            recall = float(detected[chosen].mean()) if chosen.any() else None
+            rows[label] = {"comets": int(chosen.sum()), "recall": recall}
+        return rows
+
+    return {
+        "threshold": threshold,
+        "tail_length": table(result.tail_length, TAIL_BINS),
+        "coma_radius": table(result.coma_radius, RADIUS_BINS),
+    }
+
+
 def _by_kind(result: Scored, threshold: float) -> dict[str, float]:
     negatives = ~result.is_comet
     return {
@@ -188,6 +232,11 @@ def figures(result: Scored, summary: dict[str, Any], data: Path, out: Path) -> l
         k: [v if v is not None else np.nan for v in table[k]] for k in ("fpr_0.001", "p>=0.7")
     }
     plots.recall_vs_snr(table["bins"], curves, table["counts"], paths[1])
+    morphology = summary[f"recall_snr_ge_{BRIGHT_SNR:g}_by_morphology"]
+    if morphology is not None:
+        paths.append(out / "recall_by_morphology.png")
+        tables = {name: morphology[name] for name in ("tail_length", "coma_radius")}
+        plots.recall_by_morphology(tables, paths[-1])
     threshold = points[f"fpr_{MAIN_FPR:g}"]["threshold"]
     for name, chosen in _gallery_picks(result, threshold).items():
         path = out / f"gallery_{name}.png"
@@ -213,10 +262,17 @@ def _gallery_picks(result: Scored, threshold: float) -> dict[str, np.ndarray]:
 
 def _gallery(result: Scored, chosen: np.ndarray, data: Path, title: str, out: Path) -> None:
     images = _images(data, chosen)
-    captions = [
-        f"{result.kind[i]} snr {result.snr[i]:.0f}\np={result.scores[i]:.3f}" for i in chosen
-    ]
+    captions = [_caption(result, int(i)) for i in chosen]
     plots.gallery(images, captions, result.truth[chosen], result.positions[chosen], title, out)
+
+
+def _caption(result: Scored, index: int) -> str:
+    """Kind, SNR, the comet's tail length and coma radius where known, and the score."""
+    text = f"{result.kind[index]} snr {result.snr[index]:.0f}"
+    tail, radius = result.tail_length[index], result.coma_radius[index]
+    if np.isfinite(tail) and np.isfinite(radius):
+        text += f"\ntail {tail:.0f} px, coma {radius:.1f} px"
+    return f"{text}\np={result.scores[index]:.3f}"
 
 
 def _images(data: Path, chosen: np.ndarray) -> np.ndarray:

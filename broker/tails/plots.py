@@ -1,4 +1,5 @@
-"""PNG figures for Tails: ROC curve, recall vs SNR, galleries of triplets, one detection.
+"""PNG figures for Tails: ROC curve, recall vs SNR and vs morphology, galleries of
+triplets, one detection.
 
 Input: scores, labels and images (DN, as simulated or read). Output: PNG files written with
 matplotlib's Agg backend (no display). Images are shown with a robust asinh stretch so
@@ -65,6 +66,26 @@ def recall_vs_snr(
     ax.set_title("Recall vs SNR (gray: comets per bin)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
+    _save(fig, out)
+
+
+def recall_by_morphology(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], out: Path) -> None:
+    """One bar chart per morphology label (tail length, coma radius): recall per bin, with
+    the number of comets on each bar."""
+    fig, axes = plt.subplots(1, len(tables), figsize=(4.2 * len(tables), 3.8), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], tables.items(), strict=True):
+        labels = list(rows)
+        recall = [rows[label]["recall"] or 0.0 for label in labels]
+        bars = ax.bar(labels, recall, color="tab:blue")
+        for bar, label in zip(bars, labels, strict=True):
+            ax.annotate(str(rows[label]["comets"]), (bar.get_x() + bar.get_width() / 2, 0.02),
+                        ha="center", fontsize=7, color="white")  # fmt: skip
+        ax.set_ylim(0.0, 1.05)
+        ax.set_xlabel(name.replace("_", " "))
+        ax.set_ylabel("recall")
+        ax.tick_params(axis="x", labelsize=8)
+        ax.grid(True, axis="y", alpha=0.3)
+    fig.suptitle("Recall of SNR >= 10 comets at 0.1% FPR, by morphology (white: comets)")
     _save(fig, out)
 
 

@@ -2,7 +2,8 @@
 
 Input: count, seed, image size ("stamp": 63 px alert cutouts centred on the detection, or
 "box": 256 px frame-mode boxes with subjects anywhere). Output: `Dataset` (float32 images in
-DN + labels is_comet, x, y, snr, kind, fwhm), written as .npz shards with a JSON summary.
+DN + labels is_comet, x, y, snr, kind, fwhm, and the comet's coma radius and tail length),
+written as .npz shards with a JSON summary.
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ Placement = Literal["stamp", "box"]
 CHUNK = 256  # images simulated together; fixed so a seed gives the same data at any n
 SHARD = 2000  # images per .npz file
 SUMMARY = "dataset.json"
-LABELS = ("is_comet", "x", "y", "snr", "kind", "fwhm")
+LABELS = ("is_comet", "x", "y", "snr", "kind", "fwhm", "coma_radius", "tail_length")
+# Labels that shards written before they existed lack: read back as NaN (unknown).
+OPTIONAL_LABELS = ("coma_radius", "tail_length")
 
 
 @dataclass
@@ -46,6 +49,9 @@ class Dataset:
     snr: np.ndarray  # matched-filter SNR in the difference (satellites: peak SNR)
     kind: np.ndarray  # "comet" or a negative kind
     fwhm: np.ndarray  # seeing, pixels
+    # The comet's morphology (NaN for negatives): what the detector's misses depend on.
+    coma_radius: np.ndarray  # pixels
+    tail_length: np.ndarray  # pixels; 0 for a tailless coma
 
     def __len__(self) -> int:
         return len(self.images)
@@ -107,6 +113,11 @@ def simulate_chunk(
     add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
     truth["x"][comets], truth["y"][comets], truth["snr"][comets] = x, y, snr
     truth["kind"][comets] = COMET
+    morphology = {name: np.full(count, np.nan, dtype=np.float32) for name in OPTIONAL_LABELS}
+    morphology["coma_radius"][comets] = subjects.params["radius"]
+    morphology["tail_length"][comets] = np.where(
+        subjects.params["tail"] > 0, subjects.params["length"], 0.0
+    )
     _cosmic_rays(rng, layers, cond, size)
     return Dataset(
         finish(rng, layers, cond),
@@ -116,6 +127,8 @@ def simulate_chunk(
         truth["snr"].astype(np.float32),
         truth["kind"],
         cond.fwhm.astype(np.float32),
+        morphology["coma_radius"],
+        morphology["tail_length"],
     )
 
 
@@ -208,7 +221,15 @@ def iter_shards(folder: Path) -> Iterator[Dataset]:
         )
     for path in paths:
         with np.load(path) as data:
-            missing = [name for name in ("images", *LABELS) if name not in data.files]
+            required = [n for n in ("images", *LABELS) if n not in OPTIONAL_LABELS]
+            missing = [name for name in required if name not in data.files]
             if missing:
                 raise ValueError(f"{path} is not a Tails dataset shard (missing {missing})")
-            yield Dataset(data["images"], *(data[name] for name in LABELS))
+            count = len(data["is_comet"])
+            yield Dataset(
+                data["images"],
+                *(
+                    data[name] if name in data.files else np.full(count, np.nan, np.float32)
+                    for name in LABELS
+                ),
+            )

@@ -100,6 +100,24 @@ def test_cli_writes_shards_that_read_back_identically(tmp_path: Path) -> None:
     assert (out / sim.SUMMARY).is_file()
 
 
+def test_comet_morphology_is_labelled_and_old_shards_still_read(
+    stamps: sim.Dataset, tmp_path: Path
+) -> None:
+    comets = stamps.is_comet
+    for label in sim.OPTIONAL_LABELS:
+        values = getattr(stamps, label)
+        assert np.isfinite(values[comets]).all() and np.isnan(values[~comets]).all(), label
+    assert np.all((stamps.coma_radius[comets] >= 2.0) & (stamps.coma_radius[comets] <= 10.0))
+    tailless = stamps.tail_length[comets] == 0
+    assert 0.05 < tailless.mean() < 0.3  # 15% are drawn without a tail
+    assert np.all(stamps.tail_length[comets][~tailless] >= 3.0)
+    # A shard written before the morphology labels existed reads back with them unknown.
+    labels = {n: v for n, v in stamps.labels().items() if n not in sim.OPTIONAL_LABELS}
+    np.savez(tmp_path / "part-0000.npz", images=stamps.images, **labels)  # type: ignore[arg-type]
+    old = sim.read(tmp_path)
+    assert np.array_equal(old.snr, stamps.snr) and np.isnan(old.tail_length).all()
+
+
 def test_boxes_put_subjects_anywhere() -> None:
     boxes = sim.simulate(16, 2, placement="box")
     assert boxes.images.shape == (16, 256, 256, 3)

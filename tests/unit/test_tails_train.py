@@ -57,8 +57,13 @@ def test_a_tiny_trained_detector_beats_chance_on_held_out_data(tmp_path: Path) -
     summary = json.loads((evaluation / "evaluation.json").read_text())
     assert summary["comets"] == 300 and summary["negatives"] == 300
     assert summary["roc_auc"] > 0.7  # chance is 0.5; this one reaches ~0.8 in ~12 s
-    for figure in ("roc", "recall_vs_snr", "gallery_hits", "gallery_misses"):
+    figures = ("roc", "recall_vs_snr", "recall_by_morphology", "gallery_hits", "gallery_misses")
+    for figure in figures:
         assert (evaluation / f"{figure}.png").stat().st_size > 10_000
+    morphology = summary["recall_snr_ge_10_by_morphology"]
+    bright = sum(row["comets"] for row in morphology["tail_length"].values())
+    assert bright == sum(row["comets"] for row in morphology["coma_radius"].values()) > 50
+    assert morphology["tail_length"]["none"]["comets"] > 0
     recorded = json.loads((out / "tiny.json").read_text())["evaluation"]["63px"]
     assert recorded["roc_auc"] == summary["roc_auc"]
     assert "--seed 99" in recorded["data_command"]
