@@ -25,6 +25,8 @@ INTEGRATION ?= tests/integration tests/e2e
 PYTEST_ARGS ?=
 MODELS_MIRROR ?= ../shared/reference/models
 COMPOSE ?= docker compose
+# Rubin's released alert schemas, from its own package (see the file for why --no-deps).
+RUBIN_SCHEMAS := schemas/rubin-requirements.txt
 
 # The tests reach the services where `nightjar services up` puts them (ports movable with
 # NIGHTJAR_SERVICES_KAFKA_PORT / NIGHTJAR_SERVICES_FERRETDB_PORT).
@@ -57,10 +59,11 @@ system-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml | system-deps
+$(STAMP): pyproject.toml $(RUBIN_SCHEMAS) | system-deps
 	@[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --progress-bar off --no-deps -r $(RUBIN_SCHEMAS)
 	@touch $@
 
 venv: $(STAMP)

@@ -2,7 +2,10 @@
 
 Input: the 4-byte id of a Confluent-framed message (100 * major + minor, e.g. 701 = v7.1).
 Output: the schema as plain JSON data, from a Confluent-compatible registry
-(`GET {url}/schemas/ids/{id}`) when one is configured, else from local .avsc files.
+(`GET {url}/schemas/ids/{id}`) when one is configured, else from local .avsc files: the
+configured folder first, then every schema Rubin has released, as shipped in its
+`lsst-alert-packet` package (installed without its dependencies by `make venv` and the
+images: Nightjar reads only its .avsc files).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,21 @@ def lsst_schema_file(root: Path, schema_id: int) -> Path:
     """<root>/<major>/<minor>/lsst.v<major>_<minor>.alert.avsc for a Confluent schema id."""
     major, minor = divmod(schema_id, 100)
     return root / str(major) / str(minor) / f"lsst.v{major}_{minor}.alert.avsc"
+
+
+RUBIN_PACKAGE = "lsst-alert-packet"
+
+
+def packaged_schema_root() -> Path | None:
+    """The schema folder of the installed `lsst-alert-packet` (<major>/<minor>/ inside), or
+    None. Found from the package's metadata, without importing it (its code needs
+    dependencies Nightjar does not install)."""
+    try:
+        distribution = metadata.distribution(RUBIN_PACKAGE)
+    except metadata.PackageNotFoundError:
+        return None
+    root = Path(str(distribution.locate_file("lsst/alert/packet/schema")))
+    return root if root.is_dir() else None
 
 
 def resolve_schema_dir(directory: Path | None) -> Path:
@@ -67,6 +86,7 @@ class SchemaRegistry:
     ) -> None:
         self.url = url.rstrip("/") if url else None
         self.directory = resolve_schema_dir(directory)
+        self.packaged = packaged_schema_root()
         self._timeout_s = timeout_s
         self._retries = max(1, retries)
         self._backoff_s = backoff_s
@@ -81,7 +101,11 @@ class SchemaRegistry:
 
     @property
     def source(self) -> str:
-        return f"registry {self.url}" if self.url else f"folder {self.directory}"
+        if self.url:
+            return f"registry {self.url}"
+        if self.packaged is None:
+            return f"folder {self.directory} (nor is {RUBIN_PACKAGE} installed: `make venv`)"
+        return f"folder {self.directory} nor in {RUBIN_PACKAGE} {metadata.version(RUBIN_PACKAGE)}"
 
     def get(self, schema_id: int) -> dict[str, Any]:
         """The writer schema registered under `schema_id`, as plain JSON data."""
@@ -100,9 +124,7 @@ class SchemaRegistry:
                 self._unknown[schema_id] = time.monotonic()
                 raise
             self._schemas[schema_id] = schema
-            log.info(
-                "loaded LSST schema id %d (%s) from %s", schema_id, schema.get("name"), self.source
-            )
+            log.info("loaded LSST schema id %d (%s)", schema_id, schema.get("name"))
             return schema
 
     def _unknown_detail(self, schema_id: int) -> str:
@@ -110,8 +132,10 @@ class SchemaRegistry:
         return f"schema id {schema_id} (v{major}.{minor}) is not in the {self.source}"
 
     def _load(self, schema_id: int) -> dict[str, Any]:
-        path = lsst_schema_file(self.directory, schema_id)
-        if not path.is_file():
+        roots = [self.directory] if self.packaged is None else [self.directory, self.packaged]
+        found = [lsst_schema_file(root, schema_id) for root in roots]
+        path = next((candidate for candidate in found if candidate.is_file()), None)
+        if path is None:
             raise BadAlert(RejectReason.UNKNOWN_SCHEMA, self._unknown_detail(schema_id))
         try:
             # load_schema resolves the sibling files (lsst.vX_Y.diaSource.avsc, ...);

@@ -17,7 +17,13 @@ import broker.decode
 from broker.decode import Decoder
 from broker.errors import BadAlert, TransientError
 from broker.records import Origin, RejectReason
-from broker.schema_registry import SCHEMA_ROOT, SchemaRegistry, lsst_schema_file
+from broker.schema_registry import (
+    RUBIN_PACKAGE,
+    SCHEMA_ROOT,
+    SchemaRegistry,
+    lsst_schema_file,
+    packaged_schema_root,
+)
 from broker.settings import SchemaSettings
 from broker.simulate import iter_alerts
 
@@ -266,3 +272,53 @@ def test_relative_schema_dir_resolves_from_the_repository(lsst_raw: bytes) -> No
 
     fresh = Decoder(SchemaSettings(lsst_schema_dir=Path("schemas/lsst")), MAX_BYTES)
     assert fresh.decode(lsst_raw).schema_version == "11.0"
+
+
+# -- Every schema Rubin has released, from its lsst-alert-packet package ----------------------
+
+
+def _released_samples() -> list[tuple[int, Any]]:
+    """(schema id, fakeAlert.avro path) of every version lsst-alert-packet ships, 7.0 on (the
+    versions Rubin's live stream has used; earlier ones were pre-operations drafts)."""
+    root = packaged_schema_root()
+    if root is None:
+        return []
+    found = []
+    for sample in sorted(root.glob("*/*/sample_data/fakeAlert.avro")):
+        major, minor = int(sample.parents[2].name), int(sample.parents[1].name)
+        if major >= 7:
+            found.append((100 * major + minor, sample))
+    return found
+
+
+def test_every_released_rubin_schema_decodes_offline(lsst_raw: bytes) -> None:
+    samples = _released_samples()
+    if not samples:
+        pytest.skip(f"{RUBIN_PACKAGE} is not installed (`make venv` installs it)")
+    # Only the repository's own folder is configured (11.0): the rest come from the package.
+    decoder = Decoder(SchemaSettings(), MAX_BYTES)
+    stamps = {k: v for k, v in decoder.read(lsst_raw)[1][0].items() if k.startswith("cutout")}
+    assert {sid for sid, _ in samples} >= {700, 701, 800, 900, 1000, 1100}
+    for schema_id, sample in samples:
+        with sample.open("rb") as handle:
+            reader = fastavro.reader(handle)
+            schema, record = reader.writer_schema, next(iter(reader))
+        buffer = io.BytesIO()
+        buffer.write(b"\x00" + schema_id.to_bytes(4, "big"))
+        # Rubin's sample alerts carry no cutouts: give them real FITS stamps.
+        fastavro.schemaless_writer(buffer, schema, record | stamps)
+        alert = decoder.decode(buffer.getvalue())
+        assert alert.survey == "lsst", schema_id
+        assert alert.candid == record["diaSource"]["diaSourceId"], schema_id
+        assert alert.schema_version == f"{schema_id // 100}.{schema_id % 100}", schema_id
+
+
+def test_an_id_neither_the_folder_nor_the_package_knows_says_where_it_looked(
+    decoder: Decoder, lsst_raw: bytes
+) -> None:
+    raw = b"\x00" + (9999).to_bytes(4, "big") + lsst_raw[5:]
+    with pytest.raises(BadAlert) as caught:
+        decoder.decode(raw)
+    assert "v99.99" in caught.value.detail and "schemas/lsst" in caught.value.detail
+    if packaged_schema_root() is not None:
+        assert RUBIN_PACKAGE in caught.value.detail
