@@ -26,15 +26,19 @@ log = logging.getLogger(__name__)
 
 FERRETDB_VERSION = "v1.24.2"
 SOURCE = SOURCES / "ferretdb"
-SOURCE_FILES = ("go.mod", "go.sum", "main.go", "patches/metadata.go", "patches/collection.go")
 # Files of services/ferretdb/patches/ laid over the vendored FerretDB source before building
-# (the Go toolchain refuses overlays of module-cache files, hence `go mod vendor`).
+# (the Go toolchain refuses overlays of module-cache files, hence `go mod vendor`):
+# metadata.go (indexes), collection.go (_id $in pushed down to SQLite), fsql_tx.go and
+# fsql_db.go (no debug-log formatting of every statement's arguments when debug is off).
 PATCHES = {
     "patches/metadata.go": (
         "github.com/FerretDB/FerretDB/internal/backends/sqlite/metadata/metadata.go"
     ),
     "patches/collection.go": "github.com/FerretDB/FerretDB/internal/backends/sqlite/collection.go",
+    "patches/fsql_tx.go": "github.com/FerretDB/FerretDB/internal/util/fsql/tx.go",
+    "patches/fsql_db.go": "github.com/FerretDB/FerretDB/internal/util/fsql/db.go",
 }
+SOURCE_FILES = ("go.mod", "go.sum", "main.go", *PATCHES)
 PORT_ENV = "NIGHTJAR_SERVICES_FERRETDB_PORT"
 MIN_GO = (1, 24)  # FerretDB v1.24.2's go.mod says `go 1.24`
 
