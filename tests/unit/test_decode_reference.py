@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 
+import broker.schema_registry
 from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import RejectReason
+from broker.schema_registry import RUBIN_PACKAGE, packaged_schema_root
 from broker.settings import SchemaSettings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,13 +94,27 @@ def test_real_lsst_alert(decoder: Decoder, reference: Path) -> None:
     assert alert.schema_key.startswith("lsst.v7_1.alert@")
 
 
-def test_real_lsst_alert_without_its_schema_is_unknown(reference: Path) -> None:
-    """The repository ships only v11.0: schema id 701 must be reported, not crash."""
+def test_real_lsst_alert_decodes_with_rubins_packaged_schemas(reference: Path) -> None:
+    """The repository ships only v11.0; v7.1 comes from lsst-alert-packet (`make venv`)."""
+    if packaged_schema_root() is None:
+        pytest.skip(f"{RUBIN_PACKAGE} is not installed (`make venv` installs it)")
+    raw = (reference / "lsst" / "alerts" / REAL_LSST).read_bytes()
+    alert = Decoder(SchemaSettings(), max_message_bytes=1 << 22).decode(raw)
+    assert alert.schema_version == "7.1"
+    assert alert.packet["diaSource"]["reliability"] == pytest.approx(0.8079, abs=1e-4)
+
+
+def test_real_lsst_alert_without_its_schema_is_unknown(
+    reference: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Neither the folder nor Rubin's package: schema id 701 is reported, not a crash."""
+    monkeypatch.setattr(broker.schema_registry, "packaged_schema_root", lambda: None)
     raw = (reference / "lsst" / "alerts" / REAL_LSST).read_bytes()
     with pytest.raises(BadAlert) as caught:
         Decoder(SchemaSettings(), max_message_bytes=1 << 22).decode(raw)
     assert caught.value.reason == RejectReason.UNKNOWN_SCHEMA
     assert "701" in caught.value.detail and "v7.1" in caught.value.detail
+    assert "make venv" in caught.value.detail
 
 
 @pytest.mark.parametrize("version", FAKE_ALERT_VERSIONS)
