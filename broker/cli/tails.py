@@ -1,8 +1,10 @@
-"""`nightjar tails simulate|train|frames|evaluate`: Tails comet detection with our own detector.
+"""`nightjar tails simulate|train|reexport|frames|evaluate`: Tails comet detection with our
+own detector.
 
 simulate: seeded triplets (.npz shards) or whole synthetic quadrants (FITS). train: a detector
--> ONNX + card. frames: quadrant FITS (local, URLs or a ZTF exposure name) -> CSV + PNGs.
-evaluate: a held-out simulated set -> evaluation.json + figures (and the model card).
+-> ONNX + card. reexport: a trained detector's weights through the current serving graph.
+frames: quadrant FITS (local, URLs or a ZTF exposure name) -> CSV + PNGs. evaluate: a
+held-out simulated set -> evaluation.json + figures (and the model card).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     _simulate_parser(actions)
     _train_parser(actions)
+    _reexport_parser(actions)
     _frames_parser(actions)
     _evaluate_parser(actions)
     parser.set_defaults(run=run)
@@ -123,6 +126,18 @@ def _frames_parser(actions: argparse._SubParsersAction) -> None:
     frames.add_argument("--threads", type=_positive, default=2)
 
 
+def _reexport_parser(actions: argparse._SubParsersAction) -> None:
+    again = actions.add_parser(
+        "reexport",
+        help="export a trained detector's weights again through the current serving graph "
+        "(refused unless it computes the same scores)",
+    )
+    again.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    again.add_argument("--card", type=Path, default=None, help="default: MODEL with .json")
+    again.add_argument("--out", type=Path, required=True, help="output folder (created)")
+    again.add_argument("--name", default=None, help="file stem (default: the model's)")
+
+
 def _evaluate_parser(actions: argparse._SubParsersAction) -> None:
     evaluate = actions.add_parser("evaluate", help="score a held-out simulated set")
     evaluate.add_argument("--data", type=Path, required=True, help="shards (tails simulate)")
@@ -140,6 +155,8 @@ def run(args: argparse.Namespace) -> int:
         return _simulate(args)
     if args.action == "train":
         return _train(args)
+    if args.action == "reexport":
+        return _reexport(args)
     if args.action == "frames":
         return _frames(args, settings.models.provider)
     return _evaluate(args)
@@ -221,6 +238,27 @@ def _train(args: argparse.Namespace) -> int:
         f"{onnx['sha256']}) in {card['training']['training_seconds']:.0f} s of training; "
         f"max |ONNX - TF| {onnx['max_abs_diff_stamps']:.2g} (stamps), "
         f"{onnx['max_abs_diff_boxes']:.2g} (boxes)"
+    )
+    return 0
+
+
+def _reexport(args: argparse.Namespace) -> int:
+    from broker.tails.reexport import reexport
+
+    card = args.card or args.model.with_suffix(".json")
+    name = args.name or args.model.stem
+    for path in (args.model, card):
+        if not path.is_file():
+            raise ConfigError(f"tails reexport: {path} does not exist")
+    command = (
+        f"nightjar tails reexport --model {_shown(args.model)} --card {_shown(card)} "
+        f"--out {_shown(args.out)} --name {name}"
+    )
+    new = reexport(args.model, card, args.out, name, command)
+    print(
+        f"wrote {args.out / (name + '.onnx')} (sha256 {new['onnx']['sha256']}): scores within "
+        f"{new['reexport']['max_abs_diff_vs_previous']:.2g} of {args.model}; run `nightjar "
+        "tails evaluate --card` again to record its timing"
     )
     return 0
 

@@ -78,8 +78,15 @@ def scale_input(tf: Any, triplet: Any) -> Any:
     run in float64 for the same reason: float32 sums over a 256 px box differ between the
     two by ~1e-5 (summation order); pixel-wise work stays float32 (fast).
     """
+    # Channels first while scaling: a per-(image, channel) statistic then broadcasts over
+    # contiguous pixels. Channels last, ONNX Runtime broadcasts (N, 1, 1, 3) against
+    # (N, H, W, 3) three floats at a time, and this elementwise work cost twice the
+    # convolutions (0.49 ms per stamp against 0.2, measured).
+    planes = tf.transpose(triplet, [0, 3, 1, 2])
     # Every other pixel in each direction: a quarter of the pixels is plenty for the noise.
-    sample = triplet[:, ::2, ::2, :]
+    # Flattened to (N, C, pixels) for the sums (see _mean).
+    shape = tf.shape(planes)
+    sample = tf.reshape(planes[:, :, ::2, ::2], [shape[0], shape[1], -1])
     centre = _mean(tf, sample)
     centred = sample - centre
     spread = tf.sqrt(_mean(tf, centred * centred))
@@ -92,15 +99,19 @@ def scale_input(tf: Any, triplet: Any) -> Any:
         shift = _mean(tf, keep * centred) / count
         centred, centre = centred - shift, centre + shift
         spread = tf.sqrt(_mean(tf, keep * centred * centred) / count)
-    scaled = (triplet - centre) / tf.maximum(spread, 1e-12)
+    scaled = (planes - centre[..., None]) / tf.maximum(spread, 1e-12)[..., None]
     # asinh spelled out on |z|: ONNX Runtime's Asinh loses digits for large negative z.
     magnitude = tf.abs(scaled)
-    return tf.sign(scaled) * tf.math.log(magnitude + tf.sqrt(magnitude * magnitude + 1.0))
+    stretched = tf.sign(scaled) * tf.math.log(magnitude + tf.sqrt(magnitude * magnitude + 1.0))
+    return tf.transpose(stretched, [0, 2, 3, 1])
 
 
 def _mean(tf: Any, values: Any) -> Any:
-    """Per image and channel mean, summed in float64 (see scale_input), as float32."""
-    total = tf.reduce_mean(tf.cast(values, tf.float64), axis=(1, 2), keepdims=True)
+    """Per image and channel mean over the pixels of (N, C, pixels), summed in float64 (see
+    scale_input), as float32. A sum over a count: tf2onnx turns a channels-first mean into
+    GlobalAveragePool, which ONNX Runtime does not run in float64."""
+    wide = tf.cast(values, tf.float64)
+    total = tf.reduce_sum(wide, axis=2, keepdims=True) / tf.cast(tf.shape(wide)[2], tf.float64)
     return tf.cast(total, tf.float32)
 
 

@@ -69,6 +69,39 @@ def test_a_tiny_trained_detector_beats_chance_on_held_out_data(tmp_path: Path) -
     assert "--seed 99" in recorded["data_command"]
 
 
+@pytest.mark.usefixtures("tails_cli", "tensorflow")
+def test_the_committed_default_reexports_to_the_same_scores(tmp_path: Path) -> None:
+    assert main(["tails", "reexport", "--out", str(tmp_path), "--name", "again"]) == 0
+    card = json.loads((tmp_path / "again.json").read_text())
+    old = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
+    assert card["reexport"]["from_sha256"] == old
+    assert card["reexport"]["max_abs_diff_vs_previous"] < MAX_ABS_DIFF
+    assert (
+        card["onnx"]["sha256"] == hashlib.sha256((tmp_path / "again.onnx").read_bytes()).hexdigest()
+    )
+    assert (
+        card["evaluation"]
+        == json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["evaluation"]
+    )
+
+
+def test_a_model_without_a_nightjar_body_is_not_reexported(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper
+
+    from broker.models.convert import ConversionError
+    from broker.tails.reexport import conv_weights
+
+    value = helper.make_tensor_value_info("triplet", TensorProto.FLOAT, [None, 63, 63, 3])
+    output = helper.make_tensor_value_info("tails", TensorProto.FLOAT, None)
+    node = helper.make_node("Identity", ["triplet"], ["tails"])
+    graph = helper.make_graph([node], "g", [value], [output])
+    path = tmp_path / "other.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(ConversionError, match="no Nightjar Tails body"):
+        conv_weights(path)
+
+
 def test_the_committed_default_is_what_its_card_and_the_registry_say() -> None:
     card = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())
     digest = hashlib.sha256(DEFAULT_MODEL.read_bytes()).hexdigest()
