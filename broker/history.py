@@ -75,8 +75,16 @@ def clean(value: Any) -> Any:
 
 
 def point(survey: str, entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The compact light-curve point of one detection or upper limit."""
-    return {name: clean_value(entry.get(name)) for name in POINT_FIELDS[survey]}
+    """The compact light-curve point of one detection or upper limit: the survey's fields
+    that have a value (null, NaN and infinities are left out), in POINT_FIELDS order.
+
+    An upper limit has no magnitude, position or scores; stored as nulls they would still
+    cost their space in every update of the object (FerretDB keeps a type entry beside each
+    field of each point, and re-encodes the whole light curve per update). Readers use
+    .get(): a missing field reads as None, and a MongoDB query on it behaves as on null.
+    """
+    values = ((name, clean_value(entry.get(name))) for name in POINT_FIELDS[survey])
+    return {name: value for name, value in values if value is not None}
 
 
 def alert_points(alert: Alert) -> list[dict[str, Any]]:

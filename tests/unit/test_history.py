@@ -21,13 +21,17 @@ def ztf_limit(jd: float, fid: int = 1) -> dict[str, Any]:
     return {"candid": None, "jd": jd, "fid": fid, "diffmaglim": 20.5}
 
 
-def test_point_keeps_the_survey_fields_in_a_fixed_order_and_cleans_nan() -> None:
+def test_point_keeps_the_survey_fields_with_a_value_in_a_fixed_order() -> None:
     entry = {"magpsf": float("nan"), "jd": 2460000.5, "candid": 7, "unrelated": 1, "rb": math.inf}
+    entry |= {"fid": 2, "isdiffpos": None, "diffmaglim": 20.1}
     point = history.point("ztf", entry)
-    assert tuple(point) == history.POINT_FIELDS["ztf"]
+    assert list(point) == ["candid", "jd", "fid", "diffmaglim"]  # POINT_FIELDS order
     assert point["candid"] == 7 and point["jd"] == 2460000.5
-    assert point["magpsf"] is None and point["rb"] is None and point["fid"] is None
+    # NaN, infinity, null and absent fields are all left out (they read as None).
+    assert "magpsf" not in point and "rb" not in point and "isdiffpos" not in point
     assert "unrelated" not in point
+    full = {name: 1.0 for name in history.POINT_FIELDS["ztf"]}
+    assert tuple(history.point("ztf", full)) == history.POINT_FIELDS["ztf"]
 
 
 def test_point_key_is_the_detection_id_else_time_and_band() -> None:
