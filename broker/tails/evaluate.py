@@ -59,6 +59,7 @@ class Scored:
     kind: np.ndarray
     coma_radius: np.ndarray  # NaN for negatives and for sets simulated without the label
     tail_length: np.ndarray
+    psf_snr: np.ndarray
     skipped: int
     size: int
 
@@ -86,6 +87,7 @@ def score_set(detector: Detector, data: Path) -> tuple[Scored, np.ndarray]:
                 "kind": shard.kind,
                 "coma_radius": shard.coma_radius,
                 "tail_length": shard.tail_length,
+                "psf_snr": shard.psf_snr,
             }
         )
         if not len(sample):
@@ -130,12 +132,17 @@ def summarise(result: Scored) -> dict[str, Any]:
 def _operating_point(result: Scored, threshold: float, target: float | None) -> dict[str, Any]:
     detected = result.scores > threshold if target is not None else result.scores >= threshold
     bright = result.is_comet & (result.snr >= BRIGHT_SNR)
+    # The same cut on the SNR a survey's PSF photometry reports (sets that carry it).
+    bright_psf = result.is_comet & (result.psf_snr >= BRIGHT_SNR)
     return {
         "threshold": threshold,
         "target_fpr": target,
         "fpr": float(detected[~result.is_comet].mean()),
         "recall": float(detected[result.is_comet].mean()),
         f"recall_snr_ge_{BRIGHT_SNR:g}": float(detected[bright].mean()) if bright.any() else None,
+        f"recall_psf_snr_ge_{BRIGHT_SNR:g}": (
+            float(detected[bright_psf].mean()) if bright_psf.any() else None
+        ),
     }
 
 

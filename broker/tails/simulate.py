@@ -2,7 +2,8 @@
 
 Input: count, seed, image size ("stamp": 63 px alert cutouts centred on the detection, or
 "box": 256 px frame-mode boxes with subjects anywhere). Output: `Dataset` (float32 images in
-DN + labels is_comet, x, y, snr, kind, fwhm, and the comet's coma radius and tail length),
+DN + labels is_comet, x, y, snr, kind, fwhm, and the comet's coma radius, tail length and
+PSF-fit SNR),
 written as .npz shards with a JSON summary.
 """
 
@@ -33,9 +34,9 @@ Placement = Literal["stamp", "box"]
 CHUNK = 256  # images simulated together; fixed so a seed gives the same data at any n
 SHARD = 2000  # images per .npz file
 SUMMARY = "dataset.json"
-LABELS = ("is_comet", "x", "y", "snr", "kind", "fwhm", "coma_radius", "tail_length")
+LABELS = ("is_comet", "x", "y", "snr", "kind", "fwhm", "coma_radius", "tail_length", "psf_snr")
 # Labels that shards written before they existed lack: read back as NaN (unknown).
-OPTIONAL_LABELS = ("coma_radius", "tail_length")
+OPTIONAL_LABELS = ("coma_radius", "tail_length", "psf_snr")
 
 
 @dataclass
@@ -52,6 +53,8 @@ class Dataset:
     # The comet's morphology (NaN for negatives): what the detector's misses depend on.
     coma_radius: np.ndarray  # pixels
     tail_length: np.ndarray  # pixels; 0 for a tailless coma
+    # SNR of a PSF fit at the nucleus (a survey's photometry), <= the matched-filter snr.
+    psf_snr: np.ndarray
 
     def __len__(self) -> int:
         return len(self.images)
@@ -110,7 +113,7 @@ def simulate_chunk(
     x, y = _positions(rng, len(comets), size, placement, centred=0.5)
     snr = log_uniform(rng, *SNR_RANGE, len(comets))
     subjects = Objects(comets, x, y, {})
-    add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
+    psf_snr = add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
     truth["x"][comets], truth["y"][comets], truth["snr"][comets] = x, y, snr
     truth["kind"][comets] = COMET
     morphology = {name: np.full(count, np.nan, dtype=np.float32) for name in OPTIONAL_LABELS}
@@ -118,6 +121,7 @@ def simulate_chunk(
     morphology["tail_length"][comets] = np.where(
         subjects.params["tail"] > 0, subjects.params["length"], 0.0
     )
+    morphology["psf_snr"][comets] = psf_snr
     _cosmic_rays(rng, layers, cond, size)
     return Dataset(
         finish(rng, layers, cond),
@@ -129,6 +133,7 @@ def simulate_chunk(
         cond.fwhm.astype(np.float32),
         morphology["coma_radius"],
         morphology["tail_length"],
+        morphology["psf_snr"],
     )
 
 

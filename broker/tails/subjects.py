@@ -73,8 +73,9 @@ def add_comets(
     subjects: Objects,
     snr: np.ndarray,
     max_tail: float,
-) -> None:
-    """Comets at the subjects' positions (the nucleus at mid-exposure), scaled to `snr`."""
+) -> np.ndarray:
+    """Comets at the subjects' positions (the nucleus at mid-exposure), scaled to `snr`;
+    returns each one's PSF-fit SNR (see psf_fit_snr)."""
     count = len(subjects)
     has_tail = rng.uniform(size=count) < 0.85
     length = log_uniform(rng, 3.0, max_tail, count)
@@ -94,7 +95,38 @@ def add_comets(
     reach = 3.0 * max(float(np.max(length, initial=0)), 2 * float(np.max(radius, initial=0)))
     # No patch larger than the image is needed: a comet at an edge still fills all of it.
     half = int(min(reach + 6, max(layers.science.shape[1:])))
-    _transient(layers, subjects, comet_profile, half, snr, cond, "snr")
+    drawn = np.zeros_like(layers.science)
+    paint(drawn, subjects, comet_profile, half, snr, "snr", cond.difference_noise)
+    layers.science += drawn
+    layers.difference += drawn
+    return psf_fit_snr(drawn, subjects, cond)
+
+
+PSF_HALF = 12  # pixels either side of the nucleus for the PSF fit (~6 FWHM at ZTF seeing)
+
+
+def psf_fit_snr(drawn: np.ndarray, subjects: Objects, cond: Conditions) -> np.ndarray:
+    """The SNR a PSF fit at the nucleus gives each comet: what a survey's point-source
+    photometry reports (ZTF's alert: 1.0857 / sigmapsf). At most the matched-filter `snr`
+    the comet was painted to (equal for a point source): the more extended the comet, the
+    less of it the PSF catches."""
+    if not len(subjects):
+        return np.zeros(0)
+    _, height, width = drawn.shape
+    offsets = np.arange(-PSF_HALF, PSF_HALF + 1)
+    col0, row0 = np.rint(subjects.x).astype(int), np.rint(subjects.y).astype(int)
+    cols = col0[:, None, None] + offsets[None, None, :]
+    rows = row0[:, None, None] + offsets[None, :, None]
+    fwhm = cond.fwhm[subjects.image][:, None, None]
+    psf = profiles.moffat(cols - subjects.x[:, None, None], rows - subjects.y[:, None, None], fwhm)
+    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
+    psf = np.where(inside, psf, 0.0)
+    values = drawn[
+        subjects.image[:, None, None], np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)
+    ]
+    fitted = np.sum(psf * values, axis=(1, 2)) / np.sum(psf * psf, axis=(1, 2))
+    noise = cond.difference_noise[subjects.image] / np.sqrt(np.sum(psf * psf, axis=(1, 2)))
+    return fitted / noise
 
 
 def add_negatives(

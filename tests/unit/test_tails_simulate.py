@@ -15,11 +15,19 @@ from broker.__main__ import main
 from broker.tails import simulate as sim
 from broker.tails.canvas import Objects, Params, paint
 from broker.tails.contract import offset_to_sky, preprocess
+from broker.tails.field import Conditions, star_profile
 from broker.tails.frames import Detection, box_starts, merge
 from broker.tails.profiles import moffat
 from broker.tails.quadrant import simulate_quadrant
 from broker.tails.simulate import Dataset, iter_chunks
-from broker.tails.subjects import HARD_NEGATIVES, KINDS, NEGATIVES, SNR_RANGE, negative_mix
+from broker.tails.subjects import (
+    HARD_NEGATIVES,
+    KINDS,
+    NEGATIVES,
+    SNR_RANGE,
+    negative_mix,
+    psf_fit_snr,
+)
 
 
 @pytest.fixture
@@ -98,6 +106,23 @@ def test_cli_writes_shards_that_read_back_identically(tmp_path: Path) -> None:
     assert np.array_equal(read.images, expected.images, equal_nan=True)
     assert np.array_equal(read.kind, expected.kind)
     assert (out / sim.SUMMARY).is_file()
+
+
+def test_psf_fit_snr_equals_the_painted_snr_for_a_point_source_and_is_less_for_comets(
+    stamps: sim.Dataset,
+) -> None:
+    cond = Conditions.draw(np.random.default_rng(3), 2)
+    canvas = np.zeros((2, 63, 63))
+    objects = Objects(np.array([0, 1]), np.array([30.2, 20.7]), np.array([31.6, 40.1]), {})
+    objects.params.update(fwhm=cond.fwhm, sx=np.zeros(2), sy=np.zeros(2))
+    paint(canvas, objects, star_profile, 12, np.array([12.0, 40.0]), "snr", cond.difference_noise)
+    assert np.allclose(psf_fit_snr(canvas, objects, cond), [12.0, 40.0], rtol=1e-6)
+    comets = stamps.is_comet
+    ratio = stamps.psf_snr[comets] / stamps.snr[comets]
+    assert np.all((ratio > 0.3) & (ratio <= 1.0 + 1e-6))
+    # The more extended the coma, the less of it a PSF fit catches.
+    large, small = stamps.coma_radius[comets] >= 6, stamps.coma_radius[comets] < 3
+    assert np.median(ratio[large]) < np.median(ratio[small])
 
 
 def test_comet_morphology_is_labelled_and_old_shards_still_read(
