@@ -124,7 +124,6 @@ class SchemaRegistry:
                 self._unknown[schema_id] = time.monotonic()
                 raise
             self._schemas[schema_id] = schema
-            log.info("loaded LSST schema id %d (%s)", schema_id, schema.get("name"))
             return schema
 
     def _unknown_detail(self, schema_id: int) -> str:
@@ -132,7 +131,7 @@ class SchemaRegistry:
         return f"schema id {schema_id} (v{major}.{minor}) is not in the {self.source}"
 
     def _load(self, schema_id: int) -> dict[str, Any]:
-        roots = [self.directory] if self.packaged is None else [self.directory, self.packaged]
+        roots = [root for root in (self.directory, self.packaged) if root is not None]
         found = [lsst_schema_file(root, schema_id) for root in roots]
         path = next((candidate for candidate in found if candidate.is_file()), None)
         if path is None:
@@ -148,6 +147,7 @@ class SchemaRegistry:
             ) from exc
         if not isinstance(schema, dict):
             raise BadAlert(RejectReason.UNKNOWN_SCHEMA, f"schema file {path} is not a record")
+        log.info("loaded LSST schema id %d (%s) from %s", schema_id, schema.get("name"), path)
         return schema
 
     def _fetch(self, schema_id: int) -> dict[str, Any]:
@@ -190,4 +190,10 @@ class SchemaRegistry:
             raise BadAlert(
                 RejectReason.UNKNOWN_SCHEMA, f"registry schema id {schema_id} is not a record"
             )
+        log.info(
+            "loaded LSST schema id %d (%s) from registry %s",
+            schema_id,
+            schema.get("name"),
+            self.url,
+        )
         return schema

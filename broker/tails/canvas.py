@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import numpy as np
 
@@ -59,22 +59,36 @@ def paint(
     _, height, width = canvas.shape
     if (2 * half + 1) ** 2 * len(objects) > 4_000_000 or 2 * half + 1 > max(height, width):
         return _paint_each(canvas, objects, profile, half, amount, scale, sigma)
+    grid = patch_grid(objects, half, height, width)
+    shaped = {name: value[:, None, None] for name, value in objects.params.items()}
+    patches = np.where(grid.inside, profile(grid.dx, grid.dy, shaped), 0.0)
+    amplitude = _amplitude(patches.reshape(len(objects), -1), objects, amount, scale, sigma)
+    flat = (objects.image[:, None, None] * height + grid.rows) * width + grid.cols
+    canvas.reshape(-1)[:] += np.bincount(
+        flat[grid.inside], (patches * amplitude[:, None, None])[grid.inside], minlength=canvas.size
+    )
+    return amplitude
+
+
+class Grid(NamedTuple):
+    """Each object's (2 half + 1)^2 patch around its rounded position: (P, S, S) arrays."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+    dx: np.ndarray  # column offset from the object's exact position
+    dy: np.ndarray
+    inside: np.ndarray  # which patch pixels fall within the image
+
+
+def patch_grid(objects: Objects, half: int, height: int, width: int) -> Grid:
     offsets = np.arange(-half, half + 1)
     col0, row0 = np.rint(objects.x).astype(int), np.rint(objects.y).astype(int)
     cols = col0[:, None, None] + offsets[None, None, :]
     rows = row0[:, None, None] + offsets[None, :, None]
-    dx = cols - objects.x[:, None, None]
-    dy = rows - objects.y[:, None, None]
-    shaped = {name: value[:, None, None] for name, value in objects.params.items()}
-    patches = profile(dx, dy, shaped)
     inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    patches = np.where(inside, patches, 0.0)
-    amplitude = _amplitude(patches.reshape(len(objects), -1), objects, amount, scale, sigma)
-    flat = (objects.image[:, None, None] * height + rows) * width + cols
-    canvas.reshape(-1)[:] += np.bincount(
-        flat[inside], (patches * amplitude[:, None, None])[inside], minlength=canvas.size
+    return Grid(
+        rows, cols, cols - objects.x[:, None, None], rows - objects.y[:, None, None], inside
     )
-    return amplitude
 
 
 def _paint_each(

@@ -62,9 +62,8 @@ def reexport(model: Path, card_path: Path, out: Path, name: str, command: str) -
     stamps, _ = preprocess(next(iter_chunks(256, PROBE_SEED, "stamp")).images)
     boxes, _ = preprocess(next(iter_chunks(8, PROBE_SEED, "box")).images)
     check = train.verify(tf, body, onnx_bytes, stamps, PROBE_SEED)
-    previous = max(
-        _max_difference(model.read_bytes(), onnx_bytes, inputs) for inputs in (stamps, boxes)
-    )
+    old_bytes = model.read_bytes()
+    previous = max(_max_difference(old_bytes, onnx_bytes, inputs) for inputs in (stamps, boxes))
     if not previous < MAX_ABS_DIFF:
         raise ConversionError(
             f"the re-exported model differs from {model} by {previous:.3g} "
@@ -75,7 +74,7 @@ def reexport(model: Path, card_path: Path, out: Path, name: str, command: str) -
     )
     card["reexport"] = {
         "command": command,
-        "from_sha256": hashlib.sha256(model.read_bytes()).hexdigest(),
+        "from_sha256": hashlib.sha256(old_bytes).hexdigest(),
         "max_abs_diff_vs_previous": previous,
     }
     out.mkdir(parents=True, exist_ok=True)

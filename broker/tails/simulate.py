@@ -116,12 +116,12 @@ def simulate_chunk(
     psf_snr = add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
     truth["x"][comets], truth["y"][comets], truth["snr"][comets] = x, y, snr
     truth["kind"][comets] = COMET
-    morphology = {name: np.full(count, np.nan, dtype=np.float32) for name in OPTIONAL_LABELS}
-    morphology["coma_radius"][comets] = subjects.params["radius"]
-    morphology["tail_length"][comets] = np.where(
+    comet_labels = {name: np.full(count, np.nan, dtype=np.float32) for name in OPTIONAL_LABELS}
+    comet_labels["coma_radius"][comets] = subjects.params["radius"]
+    comet_labels["tail_length"][comets] = np.where(
         subjects.params["tail"] > 0, subjects.params["length"], 0.0
     )
-    morphology["psf_snr"][comets] = psf_snr
+    comet_labels["psf_snr"][comets] = psf_snr
     _cosmic_rays(rng, layers, cond, size)
     return Dataset(
         finish(rng, layers, cond),
@@ -131,9 +131,9 @@ def simulate_chunk(
         truth["snr"].astype(np.float32),
         truth["kind"],
         cond.fwhm.astype(np.float32),
-        morphology["coma_radius"],
-        morphology["tail_length"],
-        morphology["psf_snr"],
+        comet_labels["coma_radius"],
+        comet_labels["tail_length"],
+        comet_labels["psf_snr"],
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from broker.tails import profiles
-from broker.tails.canvas import Objects, Params, Profile, Scale, paint
+from broker.tails.canvas import Objects, Params, Profile, Scale, paint, patch_grid
 from broker.tails.field import Conditions, Layers, galaxy_profile, paint_static, star_profile
 
 COMET = "comet"
@@ -113,20 +113,14 @@ def psf_fit_snr(drawn: np.ndarray, subjects: Objects, cond: Conditions) -> np.nd
     if not len(subjects):
         return np.zeros(0)
     _, height, width = drawn.shape
-    offsets = np.arange(-PSF_HALF, PSF_HALF + 1)
-    col0, row0 = np.rint(subjects.x).astype(int), np.rint(subjects.y).astype(int)
-    cols = col0[:, None, None] + offsets[None, None, :]
-    rows = row0[:, None, None] + offsets[None, :, None]
+    grid = patch_grid(subjects, PSF_HALF, height, width)
     fwhm = cond.fwhm[subjects.image][:, None, None]
-    psf = profiles.moffat(cols - subjects.x[:, None, None], rows - subjects.y[:, None, None], fwhm)
-    inside = (rows >= 0) & (rows < height) & (cols >= 0) & (cols < width)
-    psf = np.where(inside, psf, 0.0)
-    values = drawn[
-        subjects.image[:, None, None], np.clip(rows, 0, height - 1), np.clip(cols, 0, width - 1)
-    ]
-    fitted = np.sum(psf * values, axis=(1, 2)) / np.sum(psf * psf, axis=(1, 2))
-    noise = cond.difference_noise[subjects.image] / np.sqrt(np.sum(psf * psf, axis=(1, 2)))
-    return fitted / noise
+    psf = np.where(grid.inside, profiles.moffat(grid.dx, grid.dy, fwhm), 0.0)
+    rows, cols = np.clip(grid.rows, 0, height - 1), np.clip(grid.cols, 0, width - 1)
+    values = drawn[subjects.image[:, None, None], rows, cols]
+    # The fitted flux sum(psf * values) / sum(psf^2), over its error sigma / sqrt(sum(psf^2)).
+    norm = np.sqrt(np.sum(psf * psf, axis=(1, 2)))
+    return np.sum(psf * values, axis=(1, 2)) / (norm * cond.difference_noise[subjects.image])
 
 
 def add_negatives(
