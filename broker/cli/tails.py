@@ -81,6 +81,19 @@ def _train_parser(actions: argparse._SubParsersAction) -> None:
         metavar="X",
         help="weight point-source and asteroid look-alikes X times among training negatives",
     )
+    train.add_argument(
+        "--hard-comets",
+        type=_fraction,
+        default=0.0,
+        metavar="F",
+        help="draw this share of training comets from the compact population (small comae, "
+        "short or no tails: the hardest to tell from point sources); default 0",
+    )
+    train.add_argument(
+        "--context",
+        action="store_true",
+        help="let the whole image's features (the stars' seeing) reach every cell",
+    )
     train.add_argument("--threads", type=_positive, default=2, help="TensorFlow threads")
     train.add_argument(
         "--widths",
@@ -212,8 +225,9 @@ def _train(args: argparse.Namespace) -> int:
         f"nightjar tails train {source} --validation {args.validation} --epochs {args.epochs} "
         f"--batch {args.batch} --learning-rate {args.learning_rate:g} "
         f"--comet-fraction {args.comet_fraction:g} --hard-negatives {args.hard_negatives:g} "
-        f"--threads {args.threads} "
-        f"--widths {','.join(map(str, widths))} --name {args.name} --out {args.out}"
+        f"--hard-comets {args.hard_comets:g} --threads {args.threads} "
+        f"--widths {','.join(map(str, widths))}{' --context' if args.context else ''} "
+        f"--name {args.name} --out {args.out}"
     )
     config = TrainConfig(
         out=args.out,
@@ -224,11 +238,12 @@ def _train(args: argparse.Namespace) -> int:
         validation=args.validation,
         comet_fraction=args.comet_fraction,
         hard_negatives=args.hard_negatives,
+        hard_comets=args.hard_comets,
         epochs=args.epochs,
         batch=args.batch,
         learning_rate=args.learning_rate,
         threads=args.threads,
-        architecture=Architecture(widths),
+        architecture=Architecture(widths, args.context),
         command=command,
     )
     card = train(config)

@@ -38,9 +38,11 @@ def conv_weights(model: Path) -> list[tuple[np.ndarray, np.ndarray]]:
         if match:
             layer = int(match.group(1) or 0)
             found.setdefault(layer, {})[match.group(2)] = numpy_helper.to_array(tensor)
-    if not found or sorted(found) != list(range(len(found))):
+    if not found or any(len(parts) != 2 for parts in found.values()):
         raise ConversionError(f"{model} holds no Nightjar Tails body (conv2d weights)")
-    # ONNX keeps kernels as (out, in, height, width); Keras as (height, width, in, out).
+    # Numbered in creation order, from wherever Keras's counter stood when the body was
+    # built (conv2d_6... when the process had built another first): the order is what
+    # counts. ONNX keeps kernels as (out, in, height, width); Keras as (height, width, in, out).
     return [(found[i]["Conv2D"].transpose(2, 3, 1, 0), found[i]["BiasAdd"]) for i in sorted(found)]
 
 
@@ -48,8 +50,13 @@ def reexport(model: Path, card_path: Path, out: Path, name: str, command: str) -
     """Write <out>/<name>.onnx and .json; return the new card."""
     card = json.loads(card_path.read_text())
     tf = import_tensorflow()
-    body = network.build_body(tf, network.Architecture(tuple(card["architecture"]["widths"])))
-    convolutions = [layer for layer in body.layers if "conv2d" in layer.name]
+    described = card["architecture"]
+    arch = network.Architecture(tuple(described["widths"]), bool(described.get("context")))
+    body = network.build_body(tf, arch)
+    # In the order they were created, as tf2onnx numbers them (not the graph's order).
+    convolutions = sorted(
+        (layer for layer in body.layers if "conv2d" in layer.name), key=_creation_order
+    )
     weights = conv_weights(model)
     if len(weights) != len(convolutions):
         raise ConversionError(
@@ -81,6 +88,12 @@ def reexport(model: Path, card_path: Path, out: Path, name: str, command: str) -
     (out / f"{name}.onnx").write_bytes(onnx_bytes)
     (out / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
     return card
+
+
+def _creation_order(layer: Any) -> int:
+    """conv2d -> 0, conv2d_7 -> 7: Keras numbers layers of a kind as it creates them."""
+    suffix = layer.name.rpartition("_")[2]
+    return int(suffix) if suffix.isdigit() else 0
 
 
 def _max_difference(old: bytes, new: bytes, inputs: np.ndarray) -> float:

@@ -83,9 +83,13 @@ def iter_chunks(
     placement: Placement = "stamp",
     comet_fraction: float = 0.5,
     negatives: Mapping[str, float] = NEGATIVES,
+    compact: float = 0.0,
 ) -> Iterator[Dataset]:
-    """Chunks of `simulate`; `negatives` is the mix of look-alikes (training may weight the
-    hard ones up; evaluation sets keep NEGATIVES)."""
+    """Chunks of `simulate`; `negatives` is the mix of look-alikes and `compact` the share of
+    comets drawn from the compact population (training may weight the hard cases up;
+    evaluation sets keep NEGATIVES and 0)."""
+    if not 0.0 <= compact <= 1.0:
+        raise ValueError(f"the compact-comet share must be within [0, 1], not {compact}")
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be >= 0, not n={n}, seed={seed}")
     if not 0.0 <= comet_fraction <= 1.0:
@@ -93,7 +97,9 @@ def iter_chunks(
     size = STAMP if placement == "stamp" else BOX
     for chunk, start in enumerate(range(0, n, CHUNK)):
         rng = np.random.default_rng([seed, chunk, size])
-        yield simulate_chunk(rng, min(CHUNK, n - start), size, placement, comet_fraction, negatives)
+        yield simulate_chunk(
+            rng, min(CHUNK, n - start), size, placement, comet_fraction, negatives, compact
+        )
 
 
 def simulate_chunk(
@@ -103,6 +109,7 @@ def simulate_chunk(
     placement: Placement,
     comet_fraction: float,
     negatives: Mapping[str, float] = NEGATIVES,
+    compact: float = 0.0,
 ) -> Dataset:
     cond = Conditions.draw(rng, count)
     layers = Layers.empty(count, (size, size))
@@ -113,7 +120,8 @@ def simulate_chunk(
     x, y = _positions(rng, len(comets), size, placement, centred=0.5)
     snr = log_uniform(rng, *SNR_RANGE, len(comets))
     subjects = Objects(comets, x, y, {})
-    psf_snr = add_comets(rng, layers, cond, subjects, snr, max_tail=min(0.4 * size, 60.0))
+    max_tail = min(0.4 * size, 60.0)
+    psf_snr = add_comets(rng, layers, cond, subjects, snr, max_tail, compact)
     truth["x"][comets], truth["y"][comets], truth["snr"][comets] = x, y, snr
     truth["kind"][comets] = COMET
     comet_labels = {name: np.full(count, np.nan, dtype=np.float32) for name in OPTIONAL_LABELS}

@@ -40,6 +40,13 @@ def negative_mix(hard: float = 1.0) -> dict[str, float]:
     return {kind: weight / total for kind, weight in weights.items()}
 
 
+# The comets a detector finds hardest (a small coma with little or no tail: nearly a point
+# source): training can draw a share of its comets from these (`--hard-comets`), as it
+# weights up the hard negatives. Held-out sets keep the natural population.
+COMPACT_RADIUS = (2.0, 4.0)  # pixels, log-uniform
+COMPACT_TAILED = 0.5  # share with a tail, and its length (pixels, log-uniform)
+COMPACT_TAIL = (3.0, 8.0)
+
 SNR_RANGE = (5.0, 150.0)  # matched-filter SNR: from bright down to ZTF's 5 sigma limit
 
 
@@ -73,14 +80,22 @@ def add_comets(
     subjects: Objects,
     snr: np.ndarray,
     max_tail: float,
+    compact: float = 0.0,
 ) -> np.ndarray:
     """Comets at the subjects' positions (the nucleus at mid-exposure), scaled to `snr`;
-    returns each one's PSF-fit SNR (see psf_fit_snr)."""
+    returns each one's PSF-fit SNR (see psf_fit_snr). A `compact` share of them is drawn
+    from the compact population instead (see COMPACT_RADIUS)."""
     count = len(subjects)
     has_tail = rng.uniform(size=count) < 0.85
     length = log_uniform(rng, 3.0, max_tail, count)
     # Comae from just resolved (ZTF seeing is ~2 px FWHM) to large, faint ones.
     radius = log_uniform(rng, 2.0, 10.0, count)
+    if compact > 0:
+        # Drawn only when asked, so the default random stream (every held-out set) is kept.
+        chosen = rng.uniform(size=count) < compact
+        radius = np.where(chosen, log_uniform(rng, *COMPACT_RADIUS, count), radius)
+        has_tail = np.where(chosen, rng.uniform(size=count) < COMPACT_TAILED, has_tail)
+        length = np.where(chosen, log_uniform(rng, *COMPACT_TAIL, count), length)
     subjects.params.update(
         fwhm=cond.fwhm[subjects.image],
         radius=radius,

@@ -47,6 +47,9 @@ class TrainConfig:
     # Shares of point-source transients and asteroids among the training negatives, times
     # this (the look-alikes above the 0.1% FPR threshold); held-out sets keep the default mix.
     hard_negatives: float = 1.0
+    # Share of training comets drawn from the compact population (subjects.COMPACT_RADIUS):
+    # nearly point-like, the comets the detector misses most.
+    hard_comets: float = 0.0
     epochs: int = 12
     batch: int = 64
     learning_rate: float = 3e-3
@@ -133,7 +136,9 @@ def _load(config: TrainConfig) -> tuple[Arrays, Arrays]:
         split = max(len(data.labels) - config.validation, 1)
         return _slice(data, slice(0, split)), _slice(data, slice(split, None))
     mix = negative_mix(config.hard_negatives)
-    chunks = iter_chunks(config.n, config.seed, "stamp", config.comet_fraction, mix)
+    chunks = iter_chunks(
+        config.n, config.seed, "stamp", config.comet_fraction, mix, config.hard_comets
+    )
     # A different seed stream: validation never shares a chunk with training.
     held = iter_chunks(config.validation, config.seed + 1_000_000, "stamp", 0.5)
     return Arrays.from_chunks(chunks), Arrays.from_chunks(held)

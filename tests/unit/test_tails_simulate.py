@@ -21,6 +21,7 @@ from broker.tails.profiles import moffat
 from broker.tails.quadrant import simulate_quadrant
 from broker.tails.simulate import Dataset, iter_chunks
 from broker.tails.subjects import (
+    COMPACT_RADIUS,
     HARD_NEGATIVES,
     KINDS,
     NEGATIVES,
@@ -226,3 +227,18 @@ def test_training_can_weight_up_the_hard_look_alikes() -> None:
         return float(np.isin(data.kind, HARD_NEGATIVES).mean())
 
     assert share(hard) > share(plain) + 0.2
+
+
+def test_training_can_draw_more_compact_comets_without_changing_held_out_sets() -> None:
+    plain = Dataset.concatenate(list(iter_chunks(512, 8, "stamp", 1.0)))
+    again = Dataset.concatenate(list(iter_chunks(512, 8, "stamp", 1.0, compact=0.0)))
+    assert np.array_equal(plain.images, again.images, equal_nan=True)  # the default stream
+    hard = Dataset.concatenate(list(iter_chunks(512, 8, "stamp", 1.0, compact=0.6)))
+    low, high = COMPACT_RADIUS
+    small = (hard.coma_radius >= low) & (hard.coma_radius <= high)
+    # 0.6 from the compact population plus the natural population's own small comae.
+    assert small.mean() > np.mean(plain.coma_radius <= high) + 0.25  # expected +0.34
+    assert np.mean(hard.tail_length == 0) > np.mean(plain.tail_length == 0) + 0.15
+    assert np.all(hard.coma_radius >= 2.0) and np.all(hard.coma_radius <= 10.0)
+    with pytest.raises(ValueError, match="compact-comet share"):
+        next(iter_chunks(8, 8, "stamp", 1.0, compact=1.5))

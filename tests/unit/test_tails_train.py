@@ -8,6 +8,7 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import broker.__main__
@@ -16,6 +17,7 @@ from broker.errors import ConfigError
 from broker.models.convert import MAX_ABS_DIFF, import_tensorflow
 from broker.models.registry import load_registry
 from broker.tails.detector import DEFAULT_MODEL
+from broker.tails.evaluate import Scored, recall_interval, threshold_at
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,6 +50,7 @@ def test_a_tiny_trained_detector_beats_chance_on_held_out_data(tmp_path: Path) -
     assert card["onnx"]["max_abs_diff_stamps"] < MAX_ABS_DIFF
     assert card["onnx"]["max_abs_diff_boxes"] < MAX_ABS_DIFF
     assert card["seed"] == 3 and "--n 1200 --seed 3" in card["command"]
+    assert "--hard-comets 0 " in card["command"] and card["config"]["hard_comets"] == 0.0
 
     held = tmp_path / "held-out"
     assert main(["tails", "simulate", "--n", "600", "--seed", "99", "--out", str(held)]) == 0
@@ -64,6 +67,9 @@ def test_a_tiny_trained_detector_beats_chance_on_held_out_data(tmp_path: Path) -
     bright = sum(row["comets"] for row in morphology["tail_length"].values())
     assert bright == sum(row["comets"] for row in morphology["coma_radius"].values()) > 50
     assert morphology["tail_length"]["none"]["comets"] > 0
+    point = summary["operating_points"]["fpr_0.001"]
+    interval = point["recall_snr_ge_10_interval"]
+    assert interval["low"] <= point["recall_snr_ge_10"] <= interval["high"]
     recorded = json.loads((out / "tiny.json").read_text())["evaluation"]["63px"]
     assert recorded["roc_auc"] == summary["roc_auc"]
     assert "--seed 99" in recorded["data_command"]
@@ -83,6 +89,23 @@ def test_the_committed_default_reexports_to_the_same_scores(tmp_path: Path) -> N
         card["evaluation"]
         == json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["evaluation"]
     )
+
+
+@pytest.mark.usefixtures("tails_cli", "tensorflow")
+def test_a_detector_with_image_context_trains_exports_and_reexports(tmp_path: Path) -> None:
+    """The seeing-context path (pooled features -> per-image biases) survives tf2onnx, and
+    its weights go back into a rebuilt body in the right order."""
+    train = ["tails", "train", "--n", "256", "--seed", "2", "--validation", "32", "--epochs", "1"]
+    small = ["--widths", "8,8,8,8,8", "--context", "--name", "ctx", "--out", str(tmp_path)]
+    assert main([*train, *small]) == 0
+    card = json.loads((tmp_path / "ctx.json").read_text())
+    assert card["architecture"]["context"] is True and "--context" in card["command"]
+    assert card["onnx"]["max_abs_diff_boxes"] < MAX_ABS_DIFF  # the pooling spans a whole box
+    model, card_path = str(tmp_path / "ctx.onnx"), str(tmp_path / "ctx.json")
+    again = ["--model", model, "--card", card_path, "--out", str(tmp_path / "again")]
+    assert main(["tails", "reexport", *again, "--name", "ctx"]) == 0
+    redone = json.loads((tmp_path / "again" / "ctx.json").read_text())
+    assert redone["reexport"]["max_abs_diff_vs_previous"] < MAX_ABS_DIFF
 
 
 def test_a_model_without_a_nightjar_body_is_not_reexported(tmp_path: Path) -> None:
@@ -113,3 +136,33 @@ def test_the_committed_default_is_what_its_card_and_the_registry_say() -> None:
     evaluation = card["evaluation"]["63px"]
     assert evaluation["command"].startswith("nightjar tails evaluate")
     assert evaluation["cpu_ms_per_example_1_thread"] < 1.5
+
+
+def test_the_recall_interval_narrows_with_more_negatives() -> None:
+    """The bootstrap interval of recall at 0.1% FPR: none for a perfect separation, and
+    narrower when more negatives fix the threshold."""
+    rng = np.random.default_rng(1)
+
+    def scored(negatives: int, shift: float) -> Scored:
+        # Scores as a classifier gives them: normal, the comets `shift` sigmas higher.
+        comets = rng.normal(shift, 1.0, 4000)
+        scores = np.concatenate([comets, rng.normal(0.0, 1.0, negatives)])
+        labels = np.arange(len(scores)) < len(comets)
+        empty = np.full(len(scores), np.nan)
+        truth = np.zeros((len(scores), 2))
+        kind = np.where(labels, "comet", "point_source")
+        snr = np.full(len(scores), 20.0)
+        return Scored(scores, truth, labels, truth, snr, kind, empty, empty, empty, 0, 63)
+
+    perfect = recall_interval(scored(2000, 20.0), 1e-3)
+    assert perfect is not None and perfect["low"] == perfect["high"] == 1.0
+    widths = []
+    for negatives in (2000, 40000):
+        result = scored(negatives, 3.1)
+        interval = recall_interval(result, 1e-3)
+        threshold = threshold_at(result.scores[~result.is_comet], 1e-3)
+        recall = np.mean(result.scores[result.is_comet] > threshold)  # ~0.5
+        assert interval is not None and interval["low"] <= recall <= interval["high"]
+        widths.append(interval["high"] - interval["low"])
+    few, many = widths
+    assert many < 0.6 * few
