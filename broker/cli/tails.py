@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.settings import load_settings
+from broker.settings import Settings, load_settings
 from broker.tails.contract import PRODUCTION_THRESHOLD
 from broker.tails.detector import DEFAULT_MODEL, Provider
 
@@ -53,6 +53,15 @@ def _simulate_parser(actions: argparse._SubParsersAction) -> None:
         help="stamp: 63 px alert cutouts centred on the detection; box: 256 px frame boxes",
     )
     sim.add_argument("--comet-fraction", type=_fraction, default=0.5)
+    sim.add_argument(
+        "--backgrounds",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ALERTS",
+        help="paint onto real alert cutouts instead of simulated fields: ZTF .avro files, "
+        "folders or nightly .tar.gz archives (repeatable; stamps only)",
+    )
     sim.add_argument(
         "--quadrants",
         type=_count,
@@ -90,10 +99,15 @@ def _train_parser(actions: argparse._SubParsersAction) -> None:
         "short or no tails: the hardest to tell from point sources); default 0",
     )
     train.add_argument(
-        "--context",
-        action="store_true",
-        help="let the whole image's features (the stars' seeing) reach every cell",
+        "--backgrounds",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="ALERTS",
+        help="real alert files (as for simulate) whose cutouts are the backgrounds of "
+        "--background-fraction of the training stamps",
     )
+    train.add_argument("--background-fraction", type=_fraction, default=0.5)
     train.add_argument("--threads", type=_positive, default=2, help="TensorFlow threads")
     train.add_argument(
         "--widths",
@@ -165,9 +179,9 @@ def _evaluate_parser(actions: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     if args.action == "simulate":
-        return _simulate(args)
+        return _simulate(args, settings)
     if args.action == "train":
-        return _train(args)
+        return _train(args, settings)
     if args.action == "reexport":
         return _reexport(args)
     if args.action == "frames":
@@ -175,20 +189,28 @@ def run(args: argparse.Namespace) -> int:
     return _evaluate(args)
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     from broker.tails import quadrant, simulate
 
     started = time.perf_counter()
     if args.quadrants is not None:
+        if args.backgrounds:
+            raise ConfigError("--backgrounds are alert cutouts: not for --quadrants")
         return _simulate_quadrants(args, quadrant)
     if args.n is None:
         raise ConfigError("tails simulate needs --n (triplets) or --quadrants (FITS frames)")
-    data = simulate.simulate(args.n, args.seed, args.placement, args.comet_fraction)
+    if args.backgrounds and args.placement != "stamp":
+        raise ConfigError("--backgrounds are 63 px alert cutouts: use --placement stamp")
+    backgrounds = _backgrounds(args.backgrounds, settings) if args.backgrounds else None
+    data = simulate.simulate(args.n, args.seed, args.placement, args.comet_fraction, backgrounds)
+    on = "".join(f" --backgrounds {path}" for path in args.backgrounds)
     command = (
         f"nightjar tails simulate --n {args.n} --seed {args.seed} --placement {args.placement} "
-        f"--comet-fraction {args.comet_fraction:g} --out {args.out}"
+        f"--comet-fraction {args.comet_fraction:g}{on} --out {args.out}"
     )
-    summary = {"command": command, "seed": args.seed, "placement": args.placement}
+    summary: dict[str, Any] = {"command": command, "seed": args.seed, "placement": args.placement}
+    if backgrounds is not None:
+        summary["backgrounds"] = backgrounds.summary()
     paths = simulate.write(data, args.out, summary)
     comets = int(data.is_comet.sum())
     print(
@@ -196,6 +218,27 @@ def _simulate(args: argparse.Namespace) -> int:
         f"in {time.perf_counter() - started:.1f} s"
     )
     return 0
+
+
+def _background_flags(args: argparse.Namespace) -> str:
+    if not args.backgrounds:
+        return ""
+    paths = "".join(f" --backgrounds {path}" for path in args.backgrounds)
+    return f"{paths} --background-fraction {args.background_fraction:g}"
+
+
+def _backgrounds(paths: list[Path], settings: Settings) -> Any:
+    from broker.decode import Decoder
+    from broker.tails.backgrounds import NoBackgrounds, load
+
+    try:
+        found = load(paths, Decoder(settings.schemas, settings.kafka.max_message_bytes))
+    except (NoBackgrounds, FileNotFoundError) as exc:
+        raise ConfigError(str(exc)) from None
+    skipped = sum(found.skipped.values())
+    note = f"; {skipped} not used: {dict(found.skipped)}" if skipped else ""
+    print(f"backgrounds: {len(found)} real alert triplets{note}")
+    return found
 
 
 def _simulate_quadrants(args: argparse.Namespace, quadrant: Any) -> int:
@@ -215,7 +258,7 @@ def _simulate_quadrants(args: argparse.Namespace, quadrant: Any) -> int:
     return 0
 
 
-def _train(args: argparse.Namespace) -> int:
+def _train(args: argparse.Namespace, settings: Settings) -> int:
     from broker.tails.network import Architecture
     from broker.tails.train import TrainConfig, train
 
@@ -225,9 +268,8 @@ def _train(args: argparse.Namespace) -> int:
         f"nightjar tails train {source} --validation {args.validation} --epochs {args.epochs} "
         f"--batch {args.batch} --learning-rate {args.learning_rate:g} "
         f"--comet-fraction {args.comet_fraction:g} --hard-negatives {args.hard_negatives:g} "
-        f"--hard-comets {args.hard_comets:g} --threads {args.threads} "
-        f"--widths {','.join(map(str, widths))}{' --context' if args.context else ''} "
-        f"--name {args.name} --out {args.out}"
+        f"--hard-comets {args.hard_comets:g}{_background_flags(args)} --threads {args.threads} "
+        f"--widths {','.join(map(str, widths))} --name {args.name} --out {args.out}"
     )
     config = TrainConfig(
         out=args.out,
@@ -239,14 +281,19 @@ def _train(args: argparse.Namespace) -> int:
         comet_fraction=args.comet_fraction,
         hard_negatives=args.hard_negatives,
         hard_comets=args.hard_comets,
+        backgrounds=tuple(args.backgrounds),
+        background_fraction=args.background_fraction,
         epochs=args.epochs,
         batch=args.batch,
         learning_rate=args.learning_rate,
         threads=args.threads,
-        architecture=Architecture(widths, args.context),
+        architecture=Architecture(widths),
         command=command,
     )
-    card = train(config)
+    if args.backgrounds and args.data:
+        raise ConfigError("--backgrounds are for simulated training data, not with --data")
+    backgrounds = _backgrounds(args.backgrounds, settings) if args.backgrounds else None
+    card = train(config, backgrounds)
     onnx = card["onnx"]
     print(
         f"wrote {args.out / (args.name + '.onnx')} ({onnx['bytes']} bytes, sha256 "

@@ -9,6 +9,7 @@ false positives, written to an output folder.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from broker.tails import plots
 from broker.tails.contract import PRODUCTION_THRESHOLD, preprocess, to_pixels
 from broker.tails.detector import Detector, milliseconds_per_example
 from broker.tails.simulate import SHARD, iter_shards
+from broker.tails.subjects import HARD_NEGATIVES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ RADIUS_BINS = (
     ("4-6 px", 4.0, 6.0),
     (">= 6 px", 6.0, np.inf),
 )
+SEEING_BINS = (1.3, 1.8, 2.1, 2.4, 2.8, 3.7)  # FWHM, pixels (simulated: 2.1 +- 0.4)
 GALLERY = 8
 BOOTSTRAP = 400  # resamples for the interval of the main recall
 BOOTSTRAP_SEED = 0
@@ -62,6 +65,7 @@ class Scored:
     coma_radius: np.ndarray  # NaN for negatives and for sets simulated without the label
     tail_length: np.ndarray
     psf_snr: np.ndarray
+    fwhm: np.ndarray  # the image's seeing, pixels
     skipped: int
     size: int
 
@@ -90,6 +94,7 @@ def score_set(detector: Detector, data: Path) -> tuple[Scored, np.ndarray]:
                 "coma_radius": shard.coma_radius,
                 "tail_length": shard.tail_length,
                 "psf_snr": shard.psf_snr,
+                "fwhm": shard.fwhm,
             }
         )
         if not len(sample):
@@ -115,7 +120,7 @@ def summarise(result: Scored) -> dict[str, Any]:
         threshold = threshold_at(negatives, fpr)
         points[f"fpr_{fpr:g}"] = _operating_point(result, threshold, fpr)
     points["production_0.7"] = _operating_point(result, PRODUCTION_THRESHOLD, None)
-    points[f"fpr_{MAIN_FPR:g}"]["recall_snr_ge_{BRIGHT_SNR:g}_interval"] = recall_interval(
+    points[f"fpr_{MAIN_FPR:g}"][f"recall_snr_ge_{BRIGHT_SNR:g}_interval"] = recall_interval(
         result, MAIN_FPR
     )
     main = points[f"fpr_{MAIN_FPR:g}"]["threshold"]
@@ -131,6 +136,8 @@ def summarise(result: Scored) -> dict[str, Any]:
         "recall_vs_snr": _recall_by_snr(result, {"fpr_0.001": main, "p>=0.7": 0.7}),
         f"recall_snr_ge_{BRIGHT_SNR:g}_by_morphology": _recall_by_morphology(result, main),
         "false_positive_rate_by_kind": _by_kind(result, main),
+        f"recall_snr_ge_{BRIGHT_SNR:g}_without_look_alikes": _without_look_alikes(result),
+        "by_seeing": _by_seeing(result, main),
     }
 
 
@@ -246,8 +253,50 @@ def _by_kind(result: Scored, threshold: float) -> dict[str, float]:
     }
 
 
+def _without_look_alikes(result: Scored) -> float | None:
+    """Recall of SNR >= BRIGHT_SNR comets with the main operating point's number of false
+    positives spent on the other negatives only: the recall a detector that never took a
+    point-source transient or an asteroid for a comet would reach. What stands between it
+    and the main recall is the look-alikes; what stands between it and 100% is the noise
+    and the other artefacts."""
+    others = ~result.is_comet & ~np.isin(result.kind, HARD_NEGATIVES)
+    bright = result.is_comet & (result.snr >= BRIGHT_SNR)
+    if not others.any() or not bright.any():
+        return None
+    allowed = np.floor(MAIN_FPR * int((~result.is_comet).sum())) / int(others.sum())
+    threshold = threshold_at(result.scores[others], allowed)
+    return float(np.mean(result.scores[bright] > threshold))
+
+
+def _by_seeing(result: Scored, threshold: float) -> list[dict[str, Any]]:
+    """Per seeing bin at `threshold`: look-alikes called comets, and recall of SNR >=
+    BRIGHT_SNR comets. A compact coma and a point source differ by less than the seeing
+    varies, and an alert stamp seldom holds a star bright enough to measure it: a detector
+    that cannot tell the seeing shows look-alike false positives piling up in poor seeing
+    and misses in good seeing."""
+    look_alikes = ~result.is_comet & np.isin(result.kind, HARD_NEGATIVES)
+    bright = result.is_comet & (result.snr >= BRIGHT_SNR)
+    detected = result.scores > threshold
+    rows = []
+    for low, high in itertools.pairwise(SEEING_BINS):
+        inside = (result.fwhm >= low) & (result.fwhm < high)
+        rows.append(
+            {
+                "fwhm_px": [low, high],
+                "look_alikes": int((look_alikes & inside).sum()),
+                "look_alikes_detected": int((look_alikes & inside & detected).sum()),
+                "comets": int((bright & inside).sum()),
+                "recall": float(detected[bright & inside].mean())
+                if (bright & inside).any()
+                else None,
+            }
+        )
+    return rows
+
+
 def figures(result: Scored, summary: dict[str, Any], data: Path, out: Path) -> list[Path]:
-    """ROC, recall vs SNR, and galleries of hits, misses and false positives."""
+    """ROC, recall vs SNR, by morphology and by seeing, and galleries of hits, misses and
+    false positives."""
     negatives = np.sort(result.scores[~result.is_comet])[::-1]
     thresholds = np.unique(np.concatenate([[1.1], result.scores]))[::-1]
     fpr = np.searchsorted(-negatives, -thresholds, side="left") / max(len(negatives), 1)
@@ -270,6 +319,8 @@ def figures(result: Scored, summary: dict[str, Any], data: Path, out: Path) -> l
         paths.append(out / "recall_by_morphology.png")
         tables = {name: morphology[name] for name in ("tail_length", "coma_radius")}
         plots.recall_by_morphology(tables, paths[-1])
+    paths.append(out / "by_seeing.png")
+    plots.by_seeing(summary["by_seeing"], paths[-1])
     threshold = points[f"fpr_{MAIN_FPR:g}"]["threshold"]
     for name, chosen in _gallery_picks(result, threshold).items():
         path = out / f"gallery_{name}.png"

@@ -19,22 +19,12 @@ OUTPUT_NAME = "tails"
 
 @dataclass(frozen=True, slots=True)
 class Architecture:
-    """Widths of the convolution stages (the default costs ~15 MMAC on a 63 px stamp), and
-    whether the image's context (see build_body) reaches the later stages."""
+    """Widths of the convolution stages; the default costs ~15 MMAC on a 63 px stamp."""
 
     widths: tuple[int, ...] = (16, 24, 32, 48, 48)
-    context: bool = False
 
     def describe(self) -> dict[str, Any]:
-        return {
-            "widths": list(self.widths),
-            "stride": STRIDE,
-            "kind": "heatmap-fcn",
-            "context": self.context,
-        }
-
-
-CONTEXT_HIDDEN = 32  # units between the pooled features and the per-image channel biases
+        return {"widths": list(self.widths), "stride": STRIDE, "kind": "heatmap-fcn"}
 
 
 def build_body(tf: Any, arch: Architecture) -> Any:
@@ -42,40 +32,29 @@ def build_body(tf: Any, arch: Architecture) -> Any:
 
     Explicit symmetric padding + 'valid' convolutions keep cell j centred on input pixel
     STRIDE * j for odd and even input sizes alike (TF's 'same' padding is not symmetric).
-
-    With `context`, the second stage's features are max- and mean-pooled over the whole
-    image and turned (two 1x1 convolutions) into a bias on every cell of the fourth stage.
-    Why: whether a compact source is a coma or a point source depends on the seeing, which
-    a 60 px receptive field centred on the source does not see; the stars elsewhere in the
-    image (science and deep reference) show it. Without it, point sources in poor seeing
-    were the false positives and compact comae in good seeing the misses.
     """
     keras = _keras()
     first, second, third, fourth, fifth = arch.widths
     layers = keras.layers
     relu = "relu"
-    inputs = keras.Input((None, None, 3))
-    early = layers.Conv2D(first, 5, strides=2, activation=relu)(layers.ZeroPadding2D(2)(inputs))
-    early = layers.Conv2D(second, 3, activation=relu)(layers.ZeroPadding2D(1)(early))
-    late = layers.Conv2D(third, 3, strides=2, activation=relu)(layers.ZeroPadding2D(1)(early))
-    late = layers.ZeroPadding2D(2)(late)
-    if arch.context:
-        late = layers.Conv2D(fourth, 3, dilation_rate=2)(late)
-        pooled = layers.Concatenate()(
-            [
-                layers.GlobalMaxPooling2D(keepdims=True)(early),
-                layers.GlobalAveragePooling2D(keepdims=True)(early),
-            ]
-        )
-        hidden = layers.Conv2D(CONTEXT_HIDDEN, 1, activation=relu)(pooled)
-        bias = layers.Conv2D(fourth, 1)(hidden)
-        late = layers.ReLU()(layers.Add()([late, bias]))
-    else:
-        late = layers.Conv2D(fourth, 3, dilation_rate=2, activation=relu)(late)
-    late = layers.Conv2D(fifth, 3, dilation_rate=4, activation=relu)(layers.ZeroPadding2D(4)(late))
-    # Channels: class logit, location logit, x and y offsets (in cells).
-    maps = layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant([-4.0, 0, 0, 0]))(late)
-    return keras.Model(inputs, maps, name="tails_body")
+    return keras.Sequential(
+        [
+            layers.InputLayer(input_shape=(None, None, 3)),
+            layers.ZeroPadding2D(2),
+            layers.Conv2D(first, 5, strides=2, activation=relu),
+            layers.ZeroPadding2D(1),
+            layers.Conv2D(second, 3, activation=relu),
+            layers.ZeroPadding2D(1),
+            layers.Conv2D(third, 3, strides=2, activation=relu),
+            layers.ZeroPadding2D(2),
+            layers.Conv2D(fourth, 3, dilation_rate=2, activation=relu),
+            layers.ZeroPadding2D(4),
+            layers.Conv2D(fifth, 3, dilation_rate=4, activation=relu),
+            # Channels: class logit, location logit, x and y offsets (in cells).
+            layers.Conv2D(4, 1, bias_initializer=keras.initializers.Constant([-4.0, 0, 0, 0])),
+        ],
+        name="tails_body",
+    )
 
 
 def _keras() -> Any:
@@ -201,11 +180,9 @@ def multiply_accumulates(arch: Architecture, size: int) -> int:
     first, second, third, fourth, fifth = arch.widths
     half = (size - 1) // 2 + 1
     quarter = (half - 1) // 2 + 1
-    context = 2 * second * CONTEXT_HIDDEN + CONTEXT_HIDDEN * fourth if arch.context else 0
     return (
         half * half * 25 * 3 * first
         + half * half * 9 * first * second
         + quarter * quarter * 9 * (second * third + third * fourth + fourth * fifth)
         + quarter * quarter * fifth * 4
-        + context
     )

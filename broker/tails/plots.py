@@ -1,5 +1,5 @@
-"""PNG figures for Tails: ROC curve, recall vs SNR and vs morphology, galleries of
-triplets, one detection.
+"""PNG figures for Tails: ROC curve, recall vs SNR, vs morphology and vs seeing, galleries
+of triplets, one detection.
 
 Input: scores, labels and images (DN, as simulated or read). Output: PNG files written with
 matplotlib's Agg backend (no display). Images are shown with a robust asinh stretch so
@@ -86,6 +86,30 @@ def recall_by_morphology(tables: Mapping[str, Mapping[str, Mapping[str, Any]]], 
         ax.tick_params(axis="x", labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle("Recall of SNR >= 10 comets at 0.1% FPR, by morphology (white: comets)")
+    _save(fig, out)
+
+
+def by_seeing(rows: Sequence[Mapping[str, Any]], out: Path) -> None:
+    """Per seeing bin: recall of SNR >= 10 comets and the share of look-alikes (point
+    sources, asteroids) called comets, at the 0.1% FPR threshold: two panels, one scale each."""
+    labels = [f"{low:g}-{high:g}" for low, high in (row["fwhm_px"] for row in rows)]
+    recall = [row["recall"] or 0.0 for row in rows]
+    taken = [row["look_alikes_detected"] / max(row["look_alikes"], 1) for row in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.8))
+    left.bar(labels, recall, color="tab:blue")
+    left.set_ylim(0.0, 1.05)
+    left.set_ylabel("recall, SNR >= 10 comets")
+    right.bar(labels, [100 * share for share in taken], color="tab:red")
+    right.set_ylabel("look-alikes called comets (%)")
+    for ax in (left, right):
+        ax.set_xlabel("seeing FWHM (px)")
+        ax.grid(True, axis="y", alpha=0.3)
+        ax.tick_params(axis="x", labelsize=8)
+    for bar, row in zip(right.patches, rows, strict=True):
+        right.annotate(f"{row['look_alikes_detected']}/{row['look_alikes']}",
+                       (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                       ha="center", va="bottom", fontsize=7)  # fmt: skip
+    fig.suptitle("At the 0.1% FPR threshold, by seeing")
     _save(fig, out)
 
 

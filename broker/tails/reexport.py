@@ -50,10 +50,8 @@ def reexport(model: Path, card_path: Path, out: Path, name: str, command: str) -
     """Write <out>/<name>.onnx and .json; return the new card."""
     card = json.loads(card_path.read_text())
     tf = import_tensorflow()
-    described = card["architecture"]
-    arch = network.Architecture(tuple(described["widths"]), bool(described.get("context")))
-    body = network.build_body(tf, arch)
-    # In the order they were created, as tf2onnx numbers them (not the graph's order).
+    body = network.build_body(tf, network.Architecture(tuple(card["architecture"]["widths"])))
+    # In the order they were created, as tf2onnx numbers them.
     convolutions = sorted(
         (layer for layer in body.layers if "conv2d" in layer.name), key=_creation_order
     )

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from broker.tails.backgrounds import Backgrounds
 from broker.tails.canvas import Objects
 from broker.tails.contract import BOX, STAMP
 from broker.tails.field import Conditions, Layers, add_field, finish
@@ -31,6 +32,8 @@ from broker.tails.subjects import (
 )
 
 Placement = Literal["stamp", "box"]
+# Pixels between a subject and the centre of a real background, where its own alert is.
+CLEAR_OF_ALERT = 10.0
 CHUNK = 256  # images simulated together; fixed so a seed gives the same data at any n
 SHARD = 2000  # images per .npz file
 SUMMARY = "dataset.json"
@@ -71,10 +74,16 @@ class Dataset:
 
 
 def simulate(
-    n: int, seed: int, placement: Placement = "stamp", comet_fraction: float = 0.5
+    n: int,
+    seed: int,
+    placement: Placement = "stamp",
+    comet_fraction: float = 0.5,
+    backgrounds: Backgrounds | None = None,
 ) -> Dataset:
-    """`n` triplets; the same (n, seed, placement, comet_fraction) gives the same arrays."""
-    return Dataset.concatenate(list(iter_chunks(n, seed, placement, comet_fraction)))
+    """`n` triplets; the same (n, seed, placement, comet_fraction, backgrounds) gives the
+    same arrays."""
+    chunks = iter_chunks(n, seed, placement, comet_fraction, backgrounds=backgrounds)
+    return Dataset.concatenate(list(chunks))
 
 
 def iter_chunks(
@@ -84,12 +93,16 @@ def iter_chunks(
     comet_fraction: float = 0.5,
     negatives: Mapping[str, float] = NEGATIVES,
     compact: float = 0.0,
+    backgrounds: Backgrounds | None = None,
 ) -> Iterator[Dataset]:
     """Chunks of `simulate`; `negatives` is the mix of look-alikes and `compact` the share of
     comets drawn from the compact population (training may weight the hard cases up;
-    evaluation sets keep NEGATIVES and 0)."""
+    evaluation sets keep NEGATIVES and 0). With `backgrounds`, each stamp is a real alert's
+    cutouts (drawn at random, seeded) with the subjects painted onto it."""
     if not 0.0 <= compact <= 1.0:
         raise ValueError(f"the compact-comet share must be within [0, 1], not {compact}")
+    if backgrounds is not None and placement != "stamp":
+        raise ValueError("real alert backgrounds are 63 px cutouts: --placement stamp only")
     if n < 0 or seed < 0:
         raise ValueError(f"n and seed must be >= 0, not n={n}, seed={seed}")
     if not 0.0 <= comet_fraction <= 1.0:
@@ -97,9 +110,11 @@ def iter_chunks(
     size = STAMP if placement == "stamp" else BOX
     for chunk, start in enumerate(range(0, n, CHUNK)):
         rng = np.random.default_rng([seed, chunk, size])
-        yield simulate_chunk(
-            rng, min(CHUNK, n - start), size, placement, comet_fraction, negatives, compact
-        )
+        count = min(CHUNK, n - start)
+        if backgrounds is None:
+            yield simulate_chunk(rng, count, size, placement, comet_fraction, negatives, compact)
+        else:
+            yield simulate_on(rng, backgrounds, count, comet_fraction, negatives, compact)
 
 
 def simulate_chunk(
@@ -114,10 +129,51 @@ def simulate_chunk(
     cond = Conditions.draw(rng, count)
     layers = Layers.empty(count, (size, size))
     add_field(rng, layers, cond)
+    labels = _add_subjects(rng, layers, cond, placement, comet_fraction, negatives, compact, 0.0)
+    _cosmic_rays(rng, layers, cond, size)
+    return _dataset(finish(rng, layers, cond), cond, *labels)
+
+
+def simulate_on(
+    rng: np.random.Generator,
+    backgrounds: Backgrounds,
+    count: int,
+    comet_fraction: float,
+    negatives: Mapping[str, float] = NEGATIVES,
+    compact: float = 0.0,
+) -> Dataset:
+    """Like simulate_chunk, on real cutouts: their sky, stars, noise, cosmic rays and
+    subtraction residuals replace the simulated field. The cutout's own alert source sits
+    at its centre, so subjects are placed CLEAR_OF_ALERT pixels or more from it: painted
+    onto a real transient, a comet would be a blend, not a comet to find. That source stays
+    in every stamp, an unlabelled real look-alike beside each comet and negative."""
+    chosen = rng.integers(0, len(backgrounds), count)
+    cond = backgrounds.conditions(rng, chosen)
+    layers = Layers.empty(count, (STAMP, STAMP))
+    labels = _add_subjects(
+        rng, layers, cond, "stamp", comet_fraction, negatives, compact, CLEAR_OF_ALERT
+    )
+    return _dataset(backgrounds.compose(chosen, layers), cond, *labels)
+
+
+def _add_subjects(
+    rng: np.random.Generator,
+    layers: Layers,
+    cond: Conditions,
+    placement: Placement,
+    comet_fraction: float,
+    negatives: Mapping[str, float],
+    compact: float,
+    clear: float,
+) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Paint one comet or negative per stamp (boxes: comets and a few negatives), none
+    within `clear` pixels of the centre; return is_comet, the truth labels and the comets'
+    morphology labels."""
+    count, size = layers.science.shape[:2]
     is_comet = rng.permutation(np.arange(count) < round(comet_fraction * count))
-    truth = _negative_subjects(rng, layers, cond, is_comet, placement, negatives)
+    truth = _negative_subjects(rng, layers, cond, is_comet, placement, negatives, clear)
     comets = np.flatnonzero(is_comet)
-    x, y = _positions(rng, len(comets), size, placement, centred=0.5)
+    x, y = _positions(rng, len(comets), size, placement, centred=0.5, clear=clear)
     snr = log_uniform(rng, *SNR_RANGE, len(comets))
     subjects = Objects(comets, x, y, {})
     max_tail = min(0.4 * size, 60.0)
@@ -130,9 +186,18 @@ def simulate_chunk(
         subjects.params["tail"] > 0, subjects.params["length"], 0.0
     )
     comet_labels["psf_snr"][comets] = psf_snr
-    _cosmic_rays(rng, layers, cond, size)
+    return is_comet, truth, comet_labels
+
+
+def _dataset(
+    images: np.ndarray,
+    cond: Conditions,
+    is_comet: np.ndarray,
+    truth: dict[str, np.ndarray],
+    comet_labels: dict[str, np.ndarray],
+) -> Dataset:
     return Dataset(
-        finish(rng, layers, cond),
+        images,
         is_comet,
         truth["x"].astype(np.float32),
         truth["y"].astype(np.float32),
@@ -152,6 +217,7 @@ def _negative_subjects(
     is_comet: np.ndarray,
     placement: Placement,
     negatives: Mapping[str, float],
+    clear: float = 0.0,
 ) -> dict[str, np.ndarray]:
     """One per comet-less stamp (what triggered the alert); about 0-4 in any box, as frames
     hold other transients and artefacts beside a comet. Labels: each image's first one."""
@@ -160,7 +226,7 @@ def _negative_subjects(
     numbers = (~is_comet).astype(int) if stamp else rng.poisson(1.5, count)
     image = np.repeat(np.arange(count), numbers)
     kinds = rng.choice(list(negatives), len(image), p=list(negatives.values()))
-    x, y = _positions(rng, len(image), size, placement, centred=0.8)
+    x, y = _positions(rng, len(image), size, placement, centred=0.8, clear=clear)
     snr = log_uniform(rng, *SNR_RANGE, len(image))
     got = add_negatives(rng, layers, cond, Objects(image, x, y, {}), kinds, snr)
     truth = {
@@ -176,12 +242,26 @@ def _negative_subjects(
 
 
 def _positions(
-    rng: np.random.Generator, count: int, size: int, placement: Placement, centred: float
+    rng: np.random.Generator,
+    count: int,
+    size: int,
+    placement: Placement,
+    centred: float,
+    clear: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Stamps: mostly at the centre (ZTF centres the cutout on the detection), the rest
-    anywhere so the detector learns positions; boxes: anywhere, 4 pixels from the edge."""
+    anywhere so the detector learns positions; boxes: anywhere, 4 pixels from the edge.
+    With `clear` (real backgrounds): anywhere at least `clear` pixels from the centre."""
     x = rng.uniform(4.0, size - 5.0, count)
     y = rng.uniform(4.0, size - 5.0, count)
+    if clear > 0:
+        centre = (size - 1) / 2.0
+        near = np.hypot(x - centre, y - centre) < clear
+        while near.any():
+            x[near] = rng.uniform(4.0, size - 5.0, int(near.sum()))
+            y[near] = rng.uniform(4.0, size - 5.0, int(near.sum()))
+            near = np.hypot(x - centre, y - centre) < clear
+        return x, y
     if placement == "stamp":
         near = rng.uniform(size=count) < centred
         centre = (size - 1) / 2.0

@@ -8,6 +8,7 @@ and on 256 px boxes) and <out>/<name>.json (command, seed, data, timing, validat
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import time
@@ -20,6 +21,7 @@ import numpy as np
 
 from broker.models.convert import MAX_ABS_DIFF, OPSET, ConversionError, import_tensorflow
 from broker.tails import network
+from broker.tails.backgrounds import Backgrounds
 from broker.tails.contract import preprocess
 from broker.tails.simulate import Dataset, iter_chunks, iter_shards
 from broker.tails.subjects import negative_mix
@@ -50,6 +52,10 @@ class TrainConfig:
     # Share of training comets drawn from the compact population (subjects.COMPACT_RADIUS):
     # nearly point-like, the comets the detector misses most.
     hard_comets: float = 0.0
+    # Real alert files whose cutouts serve as the backgrounds of this share of the training
+    # stamps (the rest on simulated fields): see broker.tails.backgrounds.
+    backgrounds: tuple[Path, ...] = ()
+    background_fraction: float = 0.5
     epochs: int = 12
     batch: int = 64
     learning_rate: float = 3e-3
@@ -96,12 +102,13 @@ class Arrays:
         )
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train, export and verify; write the .onnx and the card; return the card."""
+def train(config: TrainConfig, backgrounds: Backgrounds | None = None) -> dict[str, Any]:
+    """Train, export and verify; write the .onnx and the card; return the card.
+    `backgrounds`: the cutouts loaded from config.backgrounds."""
     tf = import_tensorflow()
     _configure(tf, config)
     started = time.perf_counter()
-    train_data, validation = _load(config)
+    train_data, validation = _load(config, backgrounds)
     simulated = time.perf_counter() - started
     body = network.build_body(tf, config.architecture)
     history = _fit(tf, body, train_data, config)
@@ -130,15 +137,28 @@ def _configure(tf: Any, config: TrainConfig) -> None:
     tf.config.experimental.enable_op_determinism()
 
 
-def _load(config: TrainConfig) -> tuple[Arrays, Arrays]:
+def _load(config: TrainConfig, backgrounds: Backgrounds | None) -> tuple[Arrays, Arrays]:
     if config.data is not None:
         data = Arrays.from_chunks(iter_shards(config.data))
         split = max(len(data.labels) - config.validation, 1)
         return _slice(data, slice(0, split)), _slice(data, slice(split, None))
     mix = negative_mix(config.hard_negatives)
-    chunks = iter_chunks(
-        config.n, config.seed, "stamp", config.comet_fraction, mix, config.hard_comets
+    real = round(config.n * config.background_fraction) if backgrounds is not None else 0
+    chunks: Iterable[Dataset] = iter_chunks(
+        config.n - real, config.seed, "stamp", config.comet_fraction, mix, config.hard_comets
     )
+    if backgrounds is not None:
+        # Its own seed stream: the simulated-field part is the same as without backgrounds.
+        on_real = iter_chunks(
+            real,
+            config.seed + 3_000_000,
+            "stamp",
+            config.comet_fraction,
+            mix,
+            config.hard_comets,
+            backgrounds,
+        )
+        chunks = itertools.chain(chunks, on_real)
     # A different seed stream: validation never shares a chunk with training.
     held = iter_chunks(config.validation, config.seed + 1_000_000, "stamp", 0.5)
     return Arrays.from_chunks(chunks), Arrays.from_chunks(held)
@@ -294,6 +314,7 @@ def _card(
 ) -> dict[str, Any]:
     settings = {k: v for k, v in asdict(config).items() if k not in ("out", "command")}
     settings["data"] = None if config.data is None else str(config.data)
+    settings["backgrounds"] = [str(path) for path in config.backgrounds]
     return {
         "name": config.name,
         "contract": "Tails (Duev et al. 2021): (N, H, W, 3) -> (N, 3) [p_comet, x_rel, y_rel]",

@@ -4,6 +4,7 @@ the Tails preprocessing, box tessellation, duplicate merging and stamp-offset sk
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from pathlib import Path
 
@@ -242,3 +243,82 @@ def test_training_can_draw_more_compact_comets_without_changing_held_out_sets() 
     assert np.all(hard.coma_radius >= 2.0) and np.all(hard.coma_radius <= 10.0)
     with pytest.raises(ValueError, match="compact-comet share"):
         next(iter_chunks(8, 8, "stamp", 1.0, compact=1.5))
+
+
+@pytest.fixture(scope="module")
+def alert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Nightjar's own simulated ZTF alerts (real wire format, 63x63 gzip-FITS cutouts),
+    plus a file that is not an alert."""
+    from broker.simulate import simulate as simulate_alerts
+
+    folder = tmp_path_factory.mktemp("alerts")
+    for alert in simulate_alerts("ztf", 12, 4):
+        (folder / f"{alert.name}.avro").write_bytes(alert.data)
+    (folder / "broken.avro").write_bytes(b"Obj\x01 not really")
+    return folder
+
+
+@pytest.mark.usefixtures("tails_cli")
+def test_real_cutouts_as_backgrounds(alert_folder: Path, tmp_path: Path) -> None:
+    from broker.decode import Decoder
+    from broker.settings import load_settings
+    from broker.tails.backgrounds import load
+
+    settings = load_settings(None)
+    backgrounds = load([alert_folder], Decoder(settings.schemas, settings.kafka.max_message_bytes))
+    assert len(backgrounds) == 12 and sum(backgrounds.skipped.values()) == 1  # counted
+    out = tmp_path / "on-real"
+    command = ["tails", "simulate", "--n", "300", "--seed", "6", "--out", str(out)]
+    assert main([*command, "--backgrounds", str(alert_folder)]) == 0
+    summary = json.loads((out / "dataset.json").read_text())
+    assert summary["backgrounds"]["stamps"] == 12 and "--backgrounds" in summary["command"]
+    data = sim.read(out)
+    assert data.images.shape == (300, 63, 63, 3) and data.is_comet.sum() == 150
+    # A comet paints science and difference only: its reference is a real cutout, unchanged.
+    references = backgrounds.images[..., 1]
+    for index in np.flatnonzero(data.is_comet)[:20]:
+        same = [
+            np.array_equal(data.images[index, ..., 1], ref, equal_nan=True) for ref in references
+        ]
+        assert any(same)
+    # Nothing painted onto the alert's own source at the centre.
+    placed = np.isfinite(data.x)
+    assert np.all(np.hypot(data.x[placed] - 31, data.y[placed] - 31) >= sim.CLEAR_OF_ALERT)
+    again = sim.simulate(300, 6, backgrounds=backgrounds)
+    assert np.array_equal(again.images, data.images, equal_nan=True)  # seeded
+    with pytest.raises(ValueError, match="stamp only"):
+        next(iter_chunks(8, 6, "box", backgrounds=backgrounds))
+
+
+@pytest.mark.usefixtures("tails_cli")
+def test_backgrounds_that_cannot_be_used_are_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "broken.avro").write_bytes(b"not an alert")
+    command = ["tails", "simulate", "--n", "8", "--out", str(tmp_path / "out")]
+    assert main([*command, "--backgrounds", str(tmp_path)]) == 2
+    assert "no usable 63x63 alert triplets" in capsys.readouterr().err
+    assert main([*command, "--placement", "box", "--backgrounds", str(tmp_path)]) == 2
+    assert "--placement stamp" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_real_ztf_alerts_as_backgrounds(shared_dir: Path) -> None:
+    from broker.decode import Decoder
+    from broker.settings import load_settings
+    from broker.tails.backgrounds import load
+
+    settings = load_settings(None)
+    decoder = Decoder(settings.schemas, settings.kafka.max_message_bytes)
+    backgrounds = load([shared_dir / "ztf" / "alerts"], decoder)
+    # Every file is used or counted with its reason (schema 1.x JPEG stamps, edge cutouts).
+    files = len(list((shared_dir / "ztf" / "alerts").rglob("*.avro")))
+    assert len(backgrounds) + sum(backgrounds.skipped.values()) == files
+    assert len(backgrounds) >= 10
+    assert np.all((backgrounds.noise > 0.5) & (backgrounds.noise < 100))  # DN, by the MAD
+    data = sim.simulate(128, 3, backgrounds=backgrounds)
+    comets = data.is_comet
+    # The injected SNR is measured against the cutout's own noise: bright comets stand out.
+    difference = data.images[comets][..., 2]
+    peaks = np.nanmax(difference, axis=(1, 2)) / backgrounds.noise.min()
+    assert np.median(peaks) > 3
