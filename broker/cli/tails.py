@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings
 from broker.tails.contract import PRODUCTION_THRESHOLD
@@ -39,6 +41,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _frames_parser(actions)
     _evaluate_parser(actions)
     parser.set_defaults(run=run)
+
+
+PROGRESS_FROM = 2000  # triplets; smaller sets are written before a bar is worth drawing
 
 
 def _simulate_parser(actions: argparse._SubParsersAction) -> None:
@@ -202,7 +207,16 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.backgrounds and args.placement != "stamp":
         raise ConfigError("--backgrounds are 63 px alert cutouts: use --placement stamp")
     backgrounds = _backgrounds(args.backgrounds, settings) if args.backgrounds else None
-    data = simulate.simulate(args.n, args.seed, args.placement, args.comet_fraction, backgrounds)
+    chunks = simulate.iter_chunks(
+        args.n, args.seed, args.placement, args.comet_fraction, backgrounds=backgrounds
+    )
+    parts = []
+    quiet = args.n < PROGRESS_FROM
+    with tqdm(total=args.n, unit="triplet", desc="simulating", disable=quiet) as bar:
+        for chunk in chunks:
+            parts.append(chunk)
+            bar.update(len(chunk))
+    data = simulate.Dataset.concatenate(parts)
     on = "".join(f" --backgrounds {path}" for path in args.backgrounds)
     command = (
         f"nightjar tails simulate --n {args.n} --seed {args.seed} --placement {args.placement} "

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from broker.tails import plots
 from broker.tails.contract import PRODUCTION_THRESHOLD, preprocess, to_pixels
@@ -70,14 +71,16 @@ class Scored:
     size: int
 
 
-def score_set(detector: Detector, data: Path) -> tuple[Scored, np.ndarray]:
+def score_set(detector: Detector, data: Path, progress: bool = False) -> tuple[Scored, np.ndarray]:
     """Run the model over every shard; also return up to TIMING_EXAMPLES inputs for timing."""
     parts: list[dict[str, np.ndarray]] = []
     sample = np.zeros(0)
     skipped, size = 0, 0
+    bar = tqdm(unit="triplet", desc="scoring", disable=not progress)
     for shard in iter_shards(data):
         inputs, reasons = preprocess(shard.images)
         outputs = detector.predict(inputs)
+        bar.update(len(shard))
         bad = np.array([reason is not None for reason in reasons])
         skipped += int(bad.sum())
         outputs[bad] = np.nan
@@ -99,6 +102,7 @@ def score_set(detector: Detector, data: Path) -> tuple[Scored, np.ndarray]:
         )
         if not len(sample):
             sample = inputs[:TIMING_EXAMPLES]
+    bar.close()
     merged = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     return Scored(**merged, skipped=skipped, size=size), sample
 
@@ -375,7 +379,7 @@ def _images(data: Path, chosen: np.ndarray) -> np.ndarray:
 def evaluate(model: Path, data: Path, out: Path, threads: int = 1) -> dict[str, Any]:
     """Score the set, time the model on one thread, write evaluation.json and figures."""
     detector = Detector(model, threads=threads)
-    result, sample = score_set(detector, data)
+    result, sample = score_set(detector, data, progress=True)
     summary = summarise(result)
     timing = Detector(model, threads=1)
     summary["cpu_ms_per_example_1_thread"] = milliseconds_per_example(timing, sample)

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from broker.models.convert import MAX_ABS_DIFF, OPSET, ConversionError, import_tensorflow
 from broker.tails import network
@@ -35,6 +36,7 @@ HEAT_WEIGHT = 0.05
 # evidence is clear (faint, compact comets are as often look-alikes: they pay for it).
 NEGATIVE_WEIGHT = 4.0
 HEAT_SIGMA = 4.0  # pixels: width of the heat-map target around the comet
+PROGRESS_FROM = 2000  # examples or batches; tests' tiny runs finish before a bar helps
 
 
 @dataclass(frozen=True)
@@ -75,10 +77,15 @@ class Arrays:
     dropped: int = 0
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[Dataset]) -> Arrays:
+    def from_chunks(cls, chunks: Iterable[Dataset], total: int | None = None) -> Arrays:
+        """`total`: the number of examples, for the progress bar (simulating 96,000 takes
+        a minute and a half)."""
         parts: list[Arrays] = []
-        for chunk in chunks:
-            parts.append(cls.from_dataset(chunk))
+        quiet = total is None or total < PROGRESS_FROM
+        with tqdm(total=total, unit="triplet", desc="simulating", disable=quiet) as bar:
+            for chunk in chunks:
+                parts.append(cls.from_dataset(chunk))
+                bar.update(len(chunk))
         return cls(
             np.concatenate([p.inputs for p in parts]),
             np.concatenate([p.labels for p in parts]),
@@ -139,7 +146,7 @@ def _configure(tf: Any, config: TrainConfig) -> None:
 
 def _load(config: TrainConfig, backgrounds: Backgrounds | None) -> tuple[Arrays, Arrays]:
     if config.data is not None:
-        data = Arrays.from_chunks(iter_shards(config.data))
+        data = Arrays.from_chunks(iter_shards(config.data), None)
         split = max(len(data.labels) - config.validation, 1)
         return _slice(data, slice(0, split)), _slice(data, slice(split, None))
     mix = negative_mix(config.hard_negatives)
@@ -161,7 +168,7 @@ def _load(config: TrainConfig, backgrounds: Backgrounds | None) -> tuple[Arrays,
         chunks = itertools.chain(chunks, on_real)
     # A different seed stream: validation never shares a chunk with training.
     held = iter_chunks(config.validation, config.seed + 1_000_000, "stamp", 0.5)
-    return Arrays.from_chunks(chunks), Arrays.from_chunks(held)
+    return Arrays.from_chunks(chunks, config.n), Arrays.from_chunks(held)
 
 
 def _slice(data: Arrays, part: slice) -> Arrays:
@@ -176,27 +183,36 @@ def _fit(tf: Any, body: Any, data: Arrays, config: TrainConfig) -> list[dict[str
     step = _train_step(tf, body, optimizer)
     rng = np.random.default_rng(config.seed)
     history = []
-    for epoch in range(config.epochs):
-        started = time.perf_counter()
-        totals = np.zeros(3)
-        order = rng.permutation(len(data.labels))
-        batches = len(order) // config.batch
-        for index in range(batches):
-            rows = np.sort(order[index * config.batch : (index + 1) * config.batch])
-            inputs, positions = augment(rng, data.inputs[rows], data.positions[rows])
-            parts = step(inputs, data.labels[rows], positions)
-            totals += np.array([float(value) for value in parts])
-        mean = totals / max(batches, 1)
-        history.append(
-            {"epoch": epoch + 1, "loss": mean[0], "position_loss": mean[1], "heat_loss": mean[2]}
-        )
-        log.info(
-            "epoch %d/%d: loss %.4f (position %.3f, heat %.3f) in %.0f s",
-            epoch + 1,
-            config.epochs,
-            *mean,
-            time.perf_counter() - started,
-        )
+    batches = len(data.labels) // config.batch
+    quiet = config.epochs * batches < PROGRESS_FROM
+    with tqdm(total=config.epochs * batches, unit="batch", desc="training", disable=quiet) as bar:
+        for epoch in range(config.epochs):
+            started = time.perf_counter()
+            totals = np.zeros(3)
+            order = rng.permutation(len(data.labels))
+            for index in range(batches):
+                rows = np.sort(order[index * config.batch : (index + 1) * config.batch])
+                inputs, positions = augment(rng, data.inputs[rows], data.positions[rows])
+                parts = step(inputs, data.labels[rows], positions)
+                totals += np.array([float(value) for value in parts])
+                bar.update()
+            bar.set_postfix(epoch=epoch + 1, loss=f"{totals[0] / max(batches, 1):.4f}")
+            mean = totals / max(batches, 1)
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "loss": mean[0],
+                    "position_loss": mean[1],
+                    "heat_loss": mean[2],
+                }
+            )
+            log.info(
+                "epoch %d/%d: loss %.4f (position %.3f, heat %.3f) in %.0f s",
+                epoch + 1,
+                config.epochs,
+                *mean,
+                time.perf_counter() - started,
+            )
     return history
 
 
