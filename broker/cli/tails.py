@@ -212,7 +212,9 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     )
     parts = []
     quiet = args.n < PROGRESS_FROM
-    with tqdm(total=args.n, unit="triplet", desc="simulating", disable=quiet) as bar:
+    with tqdm(
+        total=args.n, unit="triplet", desc="simulating", disable=quiet, mininterval=1.0
+    ) as bar:
         for chunk in chunks:
             parts.append(chunk)
             bar.update(len(chunk))

@@ -76,7 +76,7 @@ def score_set(detector: Detector, data: Path, progress: bool = False) -> tuple[S
     parts: list[dict[str, np.ndarray]] = []
     sample = np.zeros(0)
     skipped, size = 0, 0
-    bar = tqdm(unit="triplet", desc="scoring", disable=not progress)
+    bar = tqdm(unit="triplet", desc="scoring", disable=not progress, mininterval=1.0)
     for shard in iter_shards(data):
         inputs, reasons = preprocess(shard.images)
         outputs = detector.predict(inputs)

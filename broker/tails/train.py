@@ -82,7 +82,9 @@ class Arrays:
         a minute and a half)."""
         parts: list[Arrays] = []
         quiet = total is None or total < PROGRESS_FROM
-        with tqdm(total=total, unit="triplet", desc="simulating", disable=quiet) as bar:
+        with tqdm(
+            total=total, unit="triplet", desc="simulating", disable=quiet, mininterval=1.0
+        ) as bar:
             for chunk in chunks:
                 parts.append(cls.from_dataset(chunk))
                 bar.update(len(chunk))
@@ -185,7 +187,9 @@ def _fit(tf: Any, body: Any, data: Arrays, config: TrainConfig) -> list[dict[str
     history = []
     batches = len(data.labels) // config.batch
     quiet = config.epochs * batches < PROGRESS_FROM
-    with tqdm(total=config.epochs * batches, unit="batch", desc="training", disable=quiet) as bar:
+    with tqdm(
+        total=config.epochs * batches, unit="batch", desc="training", disable=quiet, mininterval=1.0
+    ) as bar:
         for epoch in range(config.epochs):
             started = time.perf_counter()
             totals = np.zeros(3)
