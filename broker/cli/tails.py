@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings
 from broker.tails.contract import PRODUCTION_THRESHOLD
@@ -41,9 +39,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     _frames_parser(actions)
     _evaluate_parser(actions)
     parser.set_defaults(run=run)
-
-
-PROGRESS_FROM = 2000  # triplets; smaller sets are written before a bar is worth drawing
 
 
 def _simulate_parser(actions: argparse._SubParsersAction) -> None:
@@ -210,19 +205,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     chunks = simulate.iter_chunks(
         args.n, args.seed, args.placement, args.comet_fraction, backgrounds=backgrounds
     )
-    parts = []
-    quiet = args.n < PROGRESS_FROM
-    with tqdm(
-        total=args.n, unit="triplet", desc="simulating", disable=quiet, mininterval=1.0
-    ) as bar:
-        for chunk in chunks:
-            parts.append(chunk)
-            bar.update(len(chunk))
-    data = simulate.Dataset.concatenate(parts)
-    on = "".join(f" --backgrounds {path}" for path in args.backgrounds)
+    data = simulate.Dataset.concatenate(list(simulate.with_progress(chunks, args.n)))
     command = (
         f"nightjar tails simulate --n {args.n} --seed {args.seed} --placement {args.placement} "
-        f"--comet-fraction {args.comet_fraction:g}{on} --out {args.out}"
+        f"--comet-fraction {args.comet_fraction:g}{_background_flags(args.backgrounds)} "
+        f"--out {args.out}"
     )
     summary: dict[str, Any] = {"command": command, "seed": args.seed, "placement": args.placement}
     if backgrounds is not None:
@@ -236,11 +223,12 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _background_flags(args: argparse.Namespace) -> str:
-    if not args.backgrounds:
+def _background_flags(paths: list[Path], fraction: float | None = None) -> str:
+    """The --backgrounds part of a recorded command ('' without backgrounds)."""
+    if not paths:
         return ""
-    paths = "".join(f" --backgrounds {path}" for path in args.backgrounds)
-    return f"{paths} --background-fraction {args.background_fraction:g}"
+    flags = "".join(f" --backgrounds {path}" for path in paths)
+    return flags if fraction is None else f"{flags} --background-fraction {fraction:g}"
 
 
 def _backgrounds(paths: list[Path], settings: Settings) -> Any:
@@ -280,11 +268,12 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
     widths = _widths(args.widths)
     source = f"--data {args.data}" if args.data else f"--n {args.n} --seed {args.seed}"
+    on_real = _background_flags(args.backgrounds, args.background_fraction)
     command = (
         f"nightjar tails train {source} --validation {args.validation} --epochs {args.epochs} "
         f"--batch {args.batch} --learning-rate {args.learning_rate:g} "
         f"--comet-fraction {args.comet_fraction:g} --hard-negatives {args.hard_negatives:g} "
-        f"--hard-comets {args.hard_comets:g}{_background_flags(args)} --threads {args.threads} "
+        f"--hard-comets {args.hard_comets:g}{on_real} --threads {args.threads} "
         f"--widths {','.join(map(str, widths))} --name {args.name} --out {args.out}"
     )
     config = TrainConfig(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,7 +88,7 @@ class Backgrounds:
         return np.stack([science, reference, difference], axis=-1).astype(np.float32)
 
 
-def load(paths: Iterable[Path], decoder: Decoder) -> Backgrounds:
+def load(paths: Sequence[Path], decoder: Decoder) -> Backgrounds:
     """Every usable triplet in `paths`; what is not used is counted by reason and logged."""
     images, fwhm, zero_point, noise, sources = [], [], [], [], []
     skipped: Counter[str] = Counter()

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from tqdm import tqdm
 
 from broker.tails.backgrounds import Backgrounds
 from broker.tails.canvas import Objects
@@ -34,6 +35,7 @@ from broker.tails.subjects import (
 Placement = Literal["stamp", "box"]
 # Pixels between a subject and the centre of a real background, where its own alert is.
 CLEAR_OF_ALERT = 10.0
+PROGRESS_FROM = 2000  # triplets; smaller sets are simulated before a bar is worth drawing
 CHUNK = 256  # images simulated together; fixed so a seed gives the same data at any n
 SHARD = 2000  # images per .npz file
 SUMMARY = "dataset.json"
@@ -115,6 +117,18 @@ def iter_chunks(
             yield simulate_chunk(rng, count, size, placement, comet_fraction, negatives, compact)
         else:
             yield simulate_on(rng, backgrounds, count, comet_fraction, negatives, compact)
+
+
+def with_progress(chunks: Iterable[Dataset], total: int | None) -> Iterator[Dataset]:
+    """The chunks as they come, with a progress bar over `total` triplets (96,000 take a
+    minute and a half); none for small or unknown totals."""
+    quiet = total is None or total < PROGRESS_FROM
+    with tqdm(
+        total=total, unit="triplet", desc="simulating", disable=quiet, mininterval=1.0
+    ) as bar:
+        for chunk in chunks:
+            yield chunk
+            bar.update(len(chunk))
 
 
 def simulate_chunk(

@@ -24,7 +24,7 @@ from broker.models.convert import MAX_ABS_DIFF, OPSET, ConversionError, import_t
 from broker.tails import network
 from broker.tails.backgrounds import Backgrounds
 from broker.tails.contract import preprocess
-from broker.tails.simulate import Dataset, iter_chunks, iter_shards
+from broker.tails.simulate import PROGRESS_FROM, Dataset, iter_chunks, iter_shards, with_progress
 from broker.tails.subjects import negative_mix
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ HEAT_WEIGHT = 0.05
 # evidence is clear (faint, compact comets are as often look-alikes: they pay for it).
 NEGATIVE_WEIGHT = 4.0
 HEAT_SIGMA = 4.0  # pixels: width of the heat-map target around the comet
-PROGRESS_FROM = 2000  # examples or batches; tests' tiny runs finish before a bar helps
 
 
 @dataclass(frozen=True)
@@ -78,16 +77,8 @@ class Arrays:
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[Dataset], total: int | None = None) -> Arrays:
-        """`total`: the number of examples, for the progress bar (simulating 96,000 takes
-        a minute and a half)."""
-        parts: list[Arrays] = []
-        quiet = total is None or total < PROGRESS_FROM
-        with tqdm(
-            total=total, unit="triplet", desc="simulating", disable=quiet, mininterval=1.0
-        ) as bar:
-            for chunk in chunks:
-                parts.append(cls.from_dataset(chunk))
-                bar.update(len(chunk))
+        """`total`: the number of examples, for the progress bar."""
+        parts = [cls.from_dataset(chunk) for chunk in with_progress(chunks, total)]
         return cls(
             np.concatenate([p.inputs for p in parts]),
             np.concatenate([p.labels for p in parts]),
@@ -148,7 +139,7 @@ def _configure(tf: Any, config: TrainConfig) -> None:
 
 def _load(config: TrainConfig, backgrounds: Backgrounds | None) -> tuple[Arrays, Arrays]:
     if config.data is not None:
-        data = Arrays.from_chunks(iter_shards(config.data), None)
+        data = Arrays.from_chunks(iter_shards(config.data))
         split = max(len(data.labels) - config.validation, 1)
         return _slice(data, slice(0, split)), _slice(data, slice(split, None))
     mix = negative_mix(config.hard_negatives)
