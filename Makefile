@@ -19,7 +19,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 NIGHTJAR := $(VENV)/bin/nightjar
 STAMP := $(VENV)/.nightjar-installed
-EXTRAS ?= dev,convert
+EXTRAS ?= dev,tools,convert
 UNIT ?= tests/unit
 INTEGRATION ?= tests/integration tests/e2e
 PYTEST_ARGS ?=
@@ -59,10 +59,10 @@ system-deps:
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
 
-$(STAMP): pyproject.toml $(RUBIN_SCHEMAS) | system-deps
+$(STAMP): pyproject.toml services/fritz/pyproject.toml $(RUBIN_SCHEMAS) | system-deps
 	@[ -x $(PY) ] || $(PYTHON_BOOTSTRAP) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --quiet --progress-bar off -e '.[$(EXTRAS)]' -e services/fritz
 	$(PY) -m pip install --quiet --progress-bar off --no-deps -r $(RUBIN_SCHEMAS)
 	@touch $@
 

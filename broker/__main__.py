@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from broker import __version__
@@ -31,7 +32,12 @@ COMMANDS = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The parser; with `argv`, only the named command's module is imported.
+
+    `nightjar run` then loads the service and nothing of the tools (tests/unit/test_layout.py);
+    `nightjar --help`, or an unknown command, imports every command to list them all.
+    """
     parser = argparse.ArgumentParser(
         prog="nightjar",
         description="Nightjar: a streaming alert broker for ZTF and Rubin/LSST.",
@@ -45,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at DEBUG level")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
+    named = _command_in(argv)
+    for name in (named,) if named else COMMANDS:
         try:
             module = importlib.import_module(f"broker.cli.{name}")
         except ModuleNotFoundError as exc:
@@ -56,8 +63,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The command named in `argv` (the first word that is not an option or its value)."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    while words:
+        word = words.pop(0)
+        if word == "--config":
+            words = words[1:]
+        elif not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -105,7 +105,7 @@ def _start_sender(settings: Settings, stop: threading.Event) -> threading.Thread
     if settings.fritz.api_token() is None:
         log.info("fritz.token not set: filter matches wait in the outbox for `nightjar post`")
         return None
-    from broker.post import Sender
+    from broker.post.sender import Sender
 
     sender = Sender.from_settings(settings)
     thread = threading.Thread(target=sender.run, args=(stop,), name="fritz-sender", daemon=True)

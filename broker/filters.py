@@ -3,7 +3,7 @@
 Input: the alert documents the store just wrote, matched in-process (`broker.query`, with
 MongoDB's semantics) rather than queried back. Output: `FilterMatch` records (the publisher
 sends each to its filter's topic) and one outbox job per (candid, filter), written in one bulk
-insert per batch. Never speaks HTTP: `broker.post` drains the outbox on its own thread.
+insert per batch. Never speaks HTTP: `broker.post.sender` drains the outbox on its own thread.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pymongo.errors import ConnectionFailure
 
 from broker.errors import ConfigError, TransientError
 from broker.metrics import FILTER_ERRORS, FILTER_MATCHES
-from broker.outbox import Outbox
+from broker.post.outbox import Outbox
 from broker.query import Matcher, compile_query
 
 if TYPE_CHECKING:

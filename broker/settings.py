@@ -221,7 +221,7 @@ class FritzSettings(Section):
     @model_validator(mode="after")
     def _lease_covers_calls(self) -> FritzSettings:
         # A sender starts a step (up to 3 calls) only while its lease outlasts it with a
-        # call to spare (broker.post), so a fresh lease must cover that with room left.
+        # call to spare (broker.post.sender), so a fresh lease must cover that with room left.
         if self.lease_seconds < 8 * self.timeout_seconds:
             raise ValueError(
                 f"lease_seconds ({self.lease_seconds}) must be at least 8 x timeout_seconds "

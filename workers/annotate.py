@@ -14,12 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from broker.errors import ConfigError
-from broker.models.registry import Registry, load_registry
 from broker.records import AlertResult, Annotation, ModelSkip, ScoringInput
 from broker.settings import ModelSettings
 from workers.cutouts import BadStamp, Stamps, read_stamps
 from workers.models import load_model
 from workers.models.base import BatchContext, Model, Outcome
+from workers.models.registry import Registry, load_registry
 from workers.runtime import MODEL_FAILURES, MODEL_LOADS
 
 log = logging.getLogger(__name__)

@@ -13,12 +13,12 @@ import logging
 import sys
 from pathlib import Path
 
-from broker.bench import SCENARIOS, run_bench
-from broker.bench_io import unreachable
 from broker.settings import load_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from broker.tools.bench.main import SCENARIOS
+
     parser = subparsers.add_parser(
         "bench", help="measure throughput and latency on the local services", description=__doc__
     )
@@ -44,6 +44,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from broker.tools.bench.main import SCENARIOS, run_bench
+    from broker.tools.scratch import unreachable
+
     settings = load_settings(args.config)
     if not args.verbose:
         # Progress bars tell the story; the per-batch INFO lines would drown them.

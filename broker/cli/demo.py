@@ -12,13 +12,12 @@ import logging
 import sys
 from pathlib import Path
 
-from broker.demo import DEFAULT_REFERENCE, DemoOptions, run_demo
-from broker.demo_report import format_report
-from broker.demo_where import where_to_look
 from broker.settings import load_settings
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from broker.tools.demo.main import DEFAULT_REFERENCE
+
     parser = subparsers.add_parser(
         "demo", help="run the whole broker on demo alerts and show the results", description=__doc__
     )
@@ -50,13 +49,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from broker.tools.demo.main import DemoOptions, run_demo
+    from broker.tools.demo.report import format_report
+    from broker.tools.demo.where import where_to_look
+
     settings = load_settings(args.config)
     if not args.verbose:
         # The steps and progress bars tell the story; per-batch INFO lines would drown them.
         logging.getLogger().setLevel(logging.WARNING)
         # Refused posts are summed up in the filters table (e.g. candidates an earlier
         # demo already posted to the Fritz-like service); one log line each is noise here.
-        logging.getLogger("broker.post").setLevel(logging.CRITICAL)
+        logging.getLogger("broker.post.sender").setLevel(logging.CRITICAL)
     if min(args.ztf, args.lsst, args.seed) < 0:
         print("nightjar demo: --ztf, --lsst and --seed must be >= 0", file=sys.stderr)
         return 2

@@ -15,7 +15,6 @@ from types import FrameType
 from pydantic import SecretStr
 
 from broker.errors import ConfigError
-from broker.fritzapi.server import FritzServer
 from broker.settings import Settings, load_settings
 
 
@@ -44,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from nightjar_fritz.server import FritzServer
+
     settings = _overridden(load_settings(args.config), args.tokens_file, args.mongo_uri)
     server = FritzServer(settings, host=args.host, port=args.port)
     print(f"nightjar fritz: serving on {server.url} (candidates page at {server.url}/)")

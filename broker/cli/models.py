@@ -10,10 +10,9 @@ import argparse
 from pathlib import Path
 
 from broker.errors import ConfigError, NightjarError
-from broker.models.fetch import fetch
-from broker.models.manifest import Manifest, read_manifest
-from broker.models.registry import ModelSpec, Registry, load_registry
 from broker.settings import load_settings
+from workers.models.manifest import Manifest, read_manifest
+from workers.models.registry import ModelSpec, Registry, load_registry
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -51,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
 def _fetch(
     registry: Registry, models_dir: Path, names: list[str], mirror: Path | None, progress: bool
 ) -> int:
+    from broker.tools.models.fetch import fetch
+
     specs = [registry.get(name) for name in names] or [
         spec for spec in registry.models.values() if spec.fetch_default and spec.needs_files
     ]

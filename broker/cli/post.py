@@ -15,8 +15,8 @@ from types import FrameType
 import pymongo
 
 from broker import metrics
-from broker.outbox import Outbox
-from broker.post import Sender
+from broker.post.outbox import Outbox
+from broker.post.sender import Sender
 from broker.settings import Settings, load_settings
 
 

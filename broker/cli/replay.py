@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from broker.kafka_config import client_config
-from broker.replay import default_producer_config, replay_paths
 from broker.settings import load_settings
 
 
@@ -33,6 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from broker.tools.replay import default_producer_config, replay_paths
+
     settings = load_settings(args.config)
     bootstrap = args.bootstrap or settings.kafka.bootstrap_servers
     config = default_producer_config(

@@ -10,14 +10,19 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from broker.services import REGISTRY, Layout, Service, create, supervisor
-from broker.services.base import CACHE_ENV, DATA_ENV
+if TYPE_CHECKING:
+    from broker.tools.services import Layout, Service
+
 
 EXIT_NOT_RUNNING = 3  # like `systemctl status`: something is not running
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from broker.tools.services import REGISTRY
+    from broker.tools.services.base import CACHE_ENV, DATA_ENV
+
     parser = subparsers.add_parser(
         "services",
         help="start, stop or show the local Kafka and MongoDB-compatible server",
@@ -45,6 +50,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from broker.tools.services import Layout, create, supervisor
+
     services = create(args.names)
     layout = Layout.from_env(os.environ, Path.cwd())
     if args.action == "up":
@@ -56,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _up(services: list[Service], layout: Layout, timeout: float | None) -> int:
+    from broker.tools.services import supervisor
+
     print(f"nightjar services: data, logs and pid files in {layout.data}")
     began = time.monotonic()
     states = supervisor.up(services, layout, print, timeout)
@@ -71,6 +80,8 @@ def _up(services: list[Service], layout: Layout, timeout: float | None) -> int:
 
 
 def _status(services: list[Service], layout: Layout) -> int:
+    from broker.tools.services import supervisor
+
     states = supervisor.status(services, layout)
     rows = [("SERVICE", "STATE", "PID", "ADDRESS", "LOG")]
     for state in states:

@@ -11,14 +11,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tqdm import tqdm
-
-from broker.simulate import SIMULATORS, simulate
-
 PROGRESS_FROM = 500  # alerts; smaller runs finish before a bar is worth drawing
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from broker.tools.simulate import SIMULATORS
+
     parser = subparsers.add_parser(
         "simulate",
         help="write synthetic alerts (seeded, reproducible) to a folder",
@@ -32,6 +30,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from broker.tools.simulate import simulate
+
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

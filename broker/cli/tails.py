@@ -15,12 +15,15 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings
-from broker.tails.contract import PRODUCTION_THRESHOLD
-from broker.tails.detector import DEFAULT_MODEL, Provider
+from workers.models.tails_contract import PRODUCTION_THRESHOLD
+
+if TYPE_CHECKING:
+    from broker.tools.tails.detector import Provider
+
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +120,8 @@ def _train_parser(actions: argparse._SubParsersAction) -> None:
 
 
 def _frames_parser(actions: argparse._SubParsersAction) -> None:
+    from broker.tools.tails.detector import DEFAULT_MODEL
+
     frames = actions.add_parser(
         "frames", help="detect comets in whole quadrants (FITS: files, URLs or a folder)"
     )
@@ -154,6 +159,8 @@ def _frames_parser(actions: argparse._SubParsersAction) -> None:
 
 
 def _reexport_parser(actions: argparse._SubParsersAction) -> None:
+    from broker.tools.tails.detector import DEFAULT_MODEL
+
     again = actions.add_parser(
         "reexport",
         help="export a trained detector's weights again through the current serving graph "
@@ -166,6 +173,8 @@ def _reexport_parser(actions: argparse._SubParsersAction) -> None:
 
 
 def _evaluate_parser(actions: argparse._SubParsersAction) -> None:
+    from broker.tools.tails.detector import DEFAULT_MODEL
+
     evaluate = actions.add_parser("evaluate", help="score a held-out simulated set")
     evaluate.add_argument("--data", type=Path, required=True, help="shards (tails simulate)")
     evaluate.add_argument("--out", type=Path, required=True, help="folder for JSON and PNGs")
@@ -190,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.tails import quadrant, simulate
+    from broker.tools.tails import quadrant, simulate
 
     started = time.perf_counter()
     if args.quadrants is not None:
@@ -233,7 +242,7 @@ def _background_flags(paths: list[Path], fraction: float | None = None) -> str:
 
 def _backgrounds(paths: list[Path], settings: Settings) -> Any:
     from broker.decode import Decoder
-    from broker.tails.backgrounds import NoBackgrounds, load
+    from broker.tools.tails.backgrounds import NoBackgrounds, load
 
     try:
         found = load(paths, Decoder(settings.schemas, settings.kafka.max_message_bytes))
@@ -263,8 +272,8 @@ def _simulate_quadrants(args: argparse.Namespace, quadrant: Any) -> int:
 
 
 def _train(args: argparse.Namespace, settings: Settings) -> int:
-    from broker.tails.network import Architecture
-    from broker.tails.train import TrainConfig, train
+    from broker.tools.tails.network import Architecture
+    from broker.tools.tails.train import TrainConfig, train
 
     widths = _widths(args.widths)
     source = f"--data {args.data}" if args.data else f"--n {args.n} --seed {args.seed}"
@@ -310,7 +319,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _reexport(args: argparse.Namespace) -> int:
-    from broker.tails.reexport import reexport
+    from broker.tools.tails.reexport import reexport
 
     card = args.card or args.model.with_suffix(".json")
     name = args.name or args.model.stem
@@ -331,8 +340,8 @@ def _reexport(args: argparse.Namespace) -> int:
 
 
 def _frames(args: argparse.Namespace, provider: Provider) -> int:
-    from broker.tails import frames, images
-    from broker.tails.detector import Detector, frame_threshold
+    from broker.tools.tails import frames, images
+    from broker.tools.tails.detector import Detector, frame_threshold
 
     triplets = _frame_sources(args, images)
     detector = Detector(args.model, threads=args.threads, provider=provider)
@@ -398,7 +407,7 @@ def _sibling(folder: Path, stem: str, suffix: str) -> Path:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from broker.tails.evaluate import evaluate
+    from broker.tools.tails.evaluate import evaluate
 
     try:
         summary = evaluate(args.model, args.data, args.out, args.threads)

@@ -17,7 +17,7 @@ import pytest
 from pymongo.database import Database
 
 from broker.records import Origin
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 from tests.pipeline_helpers import (
     Expected,
     Rig,

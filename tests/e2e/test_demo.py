@@ -17,16 +17,16 @@ import fastavro
 import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
+from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 
-from broker.bench_io import model_inventory
-from broker.demo import DemoOptions, DemoResult, forget, run_demo
-from broker.demo_report import format_report
-from broker.demo_where import where_to_look
-from broker.fritzapi.server import FritzServer
+from broker.post.thumbnails import PNG_SIGNATURE, png_size
 from broker.settings import Settings
-from broker.simulate import simulate
-from broker.thumbnails import PNG_SIGNATURE, png_size
+from broker.tools.demo.main import DemoOptions, DemoResult, forget, run_demo
+from broker.tools.demo.report import format_report
+from broker.tools.demo.where import where_to_look
+from broker.tools.models.inventory import model_inventory
+from broker.tools.simulate import simulate
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "reference"

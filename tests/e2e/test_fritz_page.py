@@ -17,13 +17,13 @@ from typing import Any
 import fastavro
 import pytest
 import requests
+from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
 from broker.filters import FilterStage
-from broker.fritzapi.server import FritzServer
-from broker.outbox import Outbox
-from broker.post import Sender
+from broker.post.outbox import Outbox
+from broker.post.sender import Sender
 from broker.settings import Settings
 from tests.helpers import poll_until
 

@@ -21,12 +21,11 @@ from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
 from broker import __version__, history
-from broker.models.fetch import fetch
-from broker.models.registry import load_registry
 from broker.publish import ANNOTATIONS_FIELD, SOURCE_TS_HEADER
 from broker.records import Alert, Origin
-from broker.replay import default_producer_config, replay_paths
 from broker.store import object_key
+from broker.tools.models.fetch import fetch
+from broker.tools.replay import default_producer_config, replay_paths
 from tests.pipeline_helpers import (
     CONFIG,
     NIGHTJAR,
@@ -42,6 +41,7 @@ from tests.pipeline_helpers import (
     read_topic,
     same_value,
 )
+from workers.models.registry import load_registry
 
 # 34 ZTF files (6 schema 1.x without objectId, 1 with an all-NaN stamp) + 1 Rubin alert.
 MESSAGES, STORED = 35, 28
@@ -222,7 +222,7 @@ def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if not (REFERENCE / "models").is_dir():
         pytest.skip(f"{REFERENCE / 'models'} is absent: no published model files to convert")
     from broker.errors import ConfigError
-    from broker.models.convert import import_tensorflow
+    from broker.tools.models.convert import import_tensorflow
 
     try:
         import_tensorflow()

@@ -15,14 +15,14 @@ import numpy as np
 import pytest
 from pymongo.database import Database
 
-from broker.models.fetch import fetch
-from broker.models.registry import load_registry
 from broker.publish import ANNOTATIONS_FIELD
-from broker.simulate import simulate as simulate_alerts
-from broker.simulate.stamps import fits_image, gzip_fits
-from broker.tails import simulate as tails_sim
-from broker.tails.contract import offset_to_sky
+from broker.tools.models.fetch import fetch
+from broker.tools.simulate import simulate as simulate_alerts
+from broker.tools.simulate.stamps import fits_image, gzip_fits
+from broker.tools.tails import simulate as tails_sim
 from tests.pipeline_helpers import REPO, Rig, output_record, produce, read_topic
+from workers.models.registry import load_registry
+from workers.models.tails_contract import offset_to_sky
 
 ALERTS = 120
 STAMPS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")

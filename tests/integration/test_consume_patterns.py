@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 from pymongo.database import Database
 
-from broker.simulate import simulate
+from broker.tools.simulate import simulate
 from tests.helpers import poll_until
 from tests.pipeline_helpers import Rig, create_topics, open_rig, produce, unique_name
 

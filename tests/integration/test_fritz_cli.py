@@ -13,8 +13,8 @@ import requests
 from pymongo.database import Database
 
 from broker import __main__ as cli
-from broker.services.base import Layout
-from broker.services.fritz import FritzService
+from broker.tools.services.base import Layout
+from broker.tools.services.fritz import FritzService
 from tests.helpers import poll_until
 
 pytestmark = pytest.mark.skipif(

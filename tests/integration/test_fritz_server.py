@@ -12,13 +12,13 @@ from typing import Any
 import numpy as np
 import pytest
 import requests
+from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
 from broker.errors import ConfigError
-from broker.fritzapi.server import FritzServer
+from broker.post.thumbnails import encode_png
 from broker.settings import Settings
-from broker.thumbnails import encode_png
 
 TOKEN = "fritz-test-token"
 OBJ = "ZTF20aahgyet"

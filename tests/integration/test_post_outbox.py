@@ -13,7 +13,7 @@ from prometheus_client import REGISTRY
 from pymongo.database import Database
 
 from broker.filters import FilterMatch, FilterStage
-from broker.outbox import Outbox, utcnow
+from broker.post.outbox import Outbox, utcnow
 from broker.settings import DEFAULT_CONFIG, load_settings
 from tests.helpers import poll_until
 

@@ -18,15 +18,16 @@ from typing import Any
 
 import pytest
 import requests
+from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
 from broker.decode import Decoder
 from broker.errors import ConfigError
 from broker.filters import FilterStage
-from broker.fritzapi.server import FritzServer
-from broker.outbox import Outbox
-from broker.post import Sender, SkyPortalClient, candidate_payload
+from broker.post.outbox import Outbox
+from broker.post.sender import Sender
+from broker.post.skyportal import SkyPortalClient, candidate_payload
 from broker.records import Alert, AlertResult, Annotation
 from broker.settings import SchemaSettings, Settings
 from broker.store import AlertDocument, Store
@@ -327,7 +328,7 @@ def test_bad_token_keeps_jobs_and_says_so_once(
     status: int,
 ) -> None:
     stack.filter_batch(alert_docs)
-    with caplog.at_level(logging.INFO, logger="broker.post"):
+    with caplog.at_level(logging.INFO, logger="broker.post.sender"):
         stack.start_sender(token=token)
         stack.wait_all("failed", ALERTS - 1)
         stack.stop_senders()

@@ -16,8 +16,8 @@ from broker.decode import Decoder
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Annotation, ModelSkip, Origin, Rejection
 from broker.settings import SchemaSettings
-from broker.simulate import simulate
 from broker.store import HISTORY_FIELDS, Store, history_filter, object_key
+from broker.tools.simulate import simulate
 
 Db = Database[dict[str, Any]]
 

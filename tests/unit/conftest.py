@@ -15,11 +15,11 @@ import fastavro
 import pytest
 
 from broker.errors import ConfigError
-from broker.models.convert import import_tensorflow
-from broker.models.fetch import fetch
-from broker.models.registry import load_registry
 from broker.records import Cutouts, ScoringInput
 from broker.settings import ModelSettings
+from broker.tools.models.convert import import_tensorflow
+from broker.tools.models.fetch import fetch
+from workers.models.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 REFERENCE = REPO.parent / "shared" / "reference"

@@ -17,13 +17,13 @@ from fastavro.schema import load_schema
 from prometheus_client import REGISTRY as METRICS
 
 from broker.errors import ConfigError
-from broker.models.registry import load_registry
 from broker.records import AlertResult, Cutouts, ModelSkip, RejectReason, ScoringInput
 from broker.settings import ModelSettings
 from workers import plugin
 from workers.annotate import Annotator
 from workers.models import load_model
 from workers.models.base import BatchContext, Model, Outcome
+from workers.models.registry import load_registry
 
 REGISTRY = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 ACAI = ("acai_h", "acai_v", "acai_o", "acai_n", "acai_b")

@@ -10,12 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from broker.bench import BenchNames, first_batch, scenario_settings
-from broker.bench_ceiling import time_workers
-from broker.bench_io import source_timestamp
-from broker.bench_machine import CpuSample, cpu_model, cpu_usage, memory_gib
-from broker.bench_monitor import PipelineWatcher
-from broker.bench_stats import (
+from broker.pipeline import RunStats
+from broker.settings import ModelSettings, Settings
+from broker.tools.bench.ceiling import time_workers
+from broker.tools.bench.io import source_timestamp
+from broker.tools.bench.machine import CpuSample, cpu_model, cpu_usage, memory_gib
+from broker.tools.bench.main import BenchNames, first_batch, scenario_settings
+from broker.tools.bench.monitor import PipelineWatcher
+from broker.tools.bench.stats import (
     TARGETS,
     WorkerCost,
     bottleneck,
@@ -27,9 +29,7 @@ from broker.bench_stats import (
     stage_breakdown,
     target_check,
 )
-from broker.pipeline import RunStats
-from broker.settings import ModelSettings, Settings
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 from workers.annotate import Annotator
 from workers.models.base import OnnxModel
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from broker.demo_report import Candidate, DemoReport, SurveyCounts, format_report, table
-from broker.demo_setup import DemoNames, demo_settings, unmatched_topics
 from broker.settings import DEFAULT_CONFIG, Settings, load_settings
+from broker.tools.demo.report import Candidate, DemoReport, SurveyCounts, format_report, table
+from broker.tools.demo.setup import DemoNames, demo_settings, unmatched_topics
 
 
 def test_demo_topics_match_the_configured_patterns_and_are_fresh() -> None:

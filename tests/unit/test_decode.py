@@ -25,7 +25,7 @@ from broker.schema_registry import (
     packaged_schema_root,
 )
 from broker.settings import SchemaSettings
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 
 MAX_BYTES = 4 * 1024 * 1024
 

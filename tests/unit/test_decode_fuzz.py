@@ -13,7 +13,7 @@ from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import Alert, RejectReason
 from broker.settings import SchemaSettings
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 
 TINY_GZIP = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03tiny"
 TINY_FITS = b"SIMPLE  =                    T"

@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from broker.models.registry import load_registry
 from broker.records import Cutouts, ScoringInput
 from workers.features import (
     ACAI_COLUMNS,
@@ -19,6 +18,7 @@ from workers.features import (
     btsbot_features,
     detections_so_far,
 )
+from workers.models.registry import load_registry
 
 REGISTRY = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 TIME_COLUMNS = {"age", "days_since_peak", "days_to_peak"}

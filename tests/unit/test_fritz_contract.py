@@ -14,10 +14,8 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.io import fits
-
-from broker.filters import FilterMatch
-from broker.fritzapi.faults import FaultPlan, Faults
-from broker.fritzapi.payloads import (
+from nightjar_fritz.faults import FaultPlan, Faults
+from nightjar_fritz.payloads import (
     AnnotationPost,
     ApiError,
     CandidatePost,
@@ -25,10 +23,12 @@ from broker.fritzapi.payloads import (
     parse,
     photometry_rows,
 )
-from broker.fritzapi.web import Request, error, success
-from broker.outbox import JobDoc, new_job
-from broker.post import annotation_payload, candidate_payload
-from broker.thumbnails import cutout_png
+from nightjar_fritz.web import Request, error, success
+
+from broker.filters import FilterMatch
+from broker.post.outbox import JobDoc, new_job
+from broker.post.skyportal import annotation_payload, candidate_payload
+from broker.post.thumbnails import cutout_png
 
 PASSED_AT = datetime(2020, 2, 2, 7, 30, 1, 123456, tzinfo=UTC)
 ALERT: dict[str, Any] = {

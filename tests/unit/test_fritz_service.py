@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from broker.errors import ConfigError
-from broker.services.base import Layout
-from broker.services.fritz import FritzService
+from broker.tools.services.base import Layout
+from broker.tools.services.fritz import FritzService
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import pytest
 from broker import history
 from broker.decode import Decoder
 from broker.settings import SchemaSettings
-from broker.simulate import simulate
+from broker.tools.simulate import simulate
 
 
 def ztf_detection(candid: int, jd: float, **fields: Any) -> dict[str, Any]:

@@ -9,13 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from broker.models.manifest import read_manifest
-from broker.models.registry import load_registry
 from broker.records import ScoringInput
 from broker.settings import ModelSettings
 from workers.annotate import Annotator
 from workers.models import load_model
 from workers.models.base import OnnxModel
+from workers.models.manifest import read_manifest
+from workers.models.registry import load_registry
 
 REGISTRY = Path(__file__).resolve().parents[2] / "config" / "models.yaml"
 ACAI = ("acai_h", "acai_v", "acai_o", "acai_n", "acai_b")

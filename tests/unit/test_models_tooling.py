@@ -21,14 +21,14 @@ from fastavro.schema import load_schema
 
 from broker.__main__ import main
 from broker.errors import ConfigError
-from broker.models import convert as convert_module
-from broker.models.convert import ConversionError, import_tensorflow
-from broker.models.fetch import FetchError, fetch
-from broker.models.manifest import read_manifest
-from broker.models.registry import load_registry
 from broker.records import Cutouts, ScoringInput
 from broker.settings import ModelSettings
+from broker.tools.models import convert as convert_module
+from broker.tools.models.convert import ConversionError, import_tensorflow
+from broker.tools.models.fetch import FetchError, fetch
 from workers.annotate import Annotator
+from workers.models.manifest import read_manifest
+from workers.models.registry import load_registry
 from workers.runtime import CPU, CUDA, choose_providers, open_session
 
 REPO = Path(__file__).resolve().parents[2]

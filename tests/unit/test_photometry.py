@@ -8,9 +8,9 @@ from typing import Any
 
 import fastavro
 import pytest
+from nightjar_fritz.payloads import photometry_rows
 
-from broker.fritzapi.payloads import photometry_rows
-from broker.photometry import (
+from broker.post.photometry import (
     ZERO_POINT,
     PhotPoint,
     flux_to_mag,

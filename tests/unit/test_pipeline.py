@@ -19,8 +19,8 @@ from broker.decode import Decoder
 from broker.pipeline import AddedPoints, Batch, Pipeline, scoring_input, split_results
 from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
 from broker.settings import SchemaSettings
-from broker.simulate import simulate
 from broker.store import object_key
+from broker.tools.simulate import simulate
 
 TOPIC = "alerts"
 

@@ -24,7 +24,7 @@ from broker.publish import (
 )
 from broker.records import AlertResult, Annotation, ModelSkip
 from broker.settings import SchemaSettings
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 from tests.pipeline_helpers import same_value
 
 RESULT = AlertResult(

@@ -1,4 +1,4 @@
-"""broker.replay without Kafka: file discovery, archive streaming, wire-format conversion."""
+"""broker.tools.replay without Kafka: file discovery, archive streaming, wire-format conversion."""
 
 from __future__ import annotations
 
@@ -13,15 +13,15 @@ from broker.__main__ import main
 from broker.decode import Decoder
 from broker.errors import BadAlert, TransientError
 from broker.records import RejectReason
-from broker.replay import (
+from broker.settings import SchemaSettings
+from broker.tools.replay import (
     default_producer_config,
     discover,
     iter_alert_files,
     replay_paths,
     to_messages,
 )
-from broker.settings import SchemaSettings
-from broker.simulate import iter_alerts
+from broker.tools.simulate import iter_alerts
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from broker.errors import ConfigError, ServiceError
-from broker.services import REGISTRY, create
-from broker.services import build as build_steps
-from broker.services.base import Layout, port_from_env, port_in_use
-from broker.services.ferretdb import (
+from broker.tools.services import REGISTRY, create
+from broker.tools.services import build as build_steps
+from broker.tools.services.base import Layout, port_from_env, port_in_use
+from broker.tools.services.ferretdb import (
     PATCHES,
     SOURCE,
     SOURCE_FILES,
@@ -20,7 +20,7 @@ from broker.services.ferretdb import (
     check_go,
     parse_go_version,
 )
-from broker.services.kafka import KafkaService, new_cluster_id, server_properties
+from broker.tools.services.kafka import KafkaService, new_cluster_id, server_properties
 
 
 def _properties(text: str) -> dict[str, str]:

@@ -15,8 +15,8 @@ import pytest
 
 from broker.__main__ import main
 from broker.errors import ServiceError
-from broker.services import pidfile, supervisor
-from broker.services.base import HOST, Layout, Port, Reporter, Service
+from broker.tools.services import pidfile, supervisor
+from broker.tools.services.base import HOST, Layout, Port, Reporter, Service
 from tests.helpers import poll_until
 
 LISTENER = """

@@ -1,4 +1,4 @@
-"""broker.simulate: reproducible, schema-valid, realistic alerts that broker.decode accepts."""
+"""broker.tools.simulate: reproducible, schema-valid, realistic alerts broker.decode accepts."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from broker.__main__ import main
 from broker.decode import Decoder
 from broker.records import Alert
 from broker.settings import SchemaSettings
-from broker.simulate import SimulatedAlert, iter_alerts, simulate
-from broker.simulate.stamps import fits_image
+from broker.tools.simulate import SimulatedAlert, iter_alerts, simulate
+from broker.tools.simulate.stamps import fits_image
 
 SURVEYS = ("ztf", "lsst")
 

@@ -19,8 +19,8 @@ from astropy.io import fits
 
 import broker.__main__
 from broker.__main__ import main
-from broker.tails import images
-from broker.tails.quadrant import simulate_quadrant, tan_header, write_fits
+from broker.tools.tails import images
+from broker.tools.tails.quadrant import simulate_quadrant, tan_header, write_fits
 
 EXPOSURE = "ztf_20240101123456_000570_zr_c05_o_q3"
 

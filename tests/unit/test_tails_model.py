@@ -22,14 +22,14 @@ from broker.__main__ import main
 from broker.cli.score import scoring_input
 from broker.decode import Decoder
 from broker.errors import ConfigError
-from broker.models.fetch import fetch
-from broker.models.registry import load_registry
 from broker.records import Annotation, Cutouts, ModelSkip, ScoringInput
 from broker.settings import ModelSettings, SchemaSettings
-from broker.simulate import simulate as simulate_alerts
-from broker.simulate.stamps import fits_image, gzip_fits
-from broker.tails import simulate as tails_sim
+from broker.tools.models.fetch import fetch
+from broker.tools.simulate import simulate as simulate_alerts
+from broker.tools.simulate.stamps import fits_image, gzip_fits
+from broker.tools.tails import simulate as tails_sim
 from workers.annotate import Annotator
+from workers.models.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = REPO / "config" / "models.yaml"

@@ -1,4 +1,4 @@
-"""broker.tails simulation and contract: reproducible triplets, honest labels, exact SNRs,
+"""broker.tools.tails simulation and contract: reproducible triplets, honest labels, exact SNRs,
 the Tails preprocessing, box tessellation, duplicate merging and stamp-offset sky positions."""
 
 from __future__ import annotations
@@ -13,15 +13,14 @@ import pytest
 
 import broker.__main__
 from broker.__main__ import main
-from broker.tails import simulate as sim
-from broker.tails.canvas import Objects, Params, paint
-from broker.tails.contract import offset_to_sky, preprocess
-from broker.tails.field import Conditions, star_profile
-from broker.tails.frames import Detection, box_starts, merge
-from broker.tails.profiles import moffat
-from broker.tails.quadrant import simulate_quadrant
-from broker.tails.simulate import Dataset, iter_chunks
-from broker.tails.subjects import (
+from broker.tools.tails import simulate as sim
+from broker.tools.tails.canvas import Objects, Params, paint
+from broker.tools.tails.field import Conditions, star_profile
+from broker.tools.tails.frames import Detection, box_starts, merge
+from broker.tools.tails.profiles import moffat
+from broker.tools.tails.quadrant import simulate_quadrant
+from broker.tools.tails.simulate import Dataset, iter_chunks
+from broker.tools.tails.subjects import (
     COMPACT_RADIUS,
     HARD_NEGATIVES,
     KINDS,
@@ -30,6 +29,7 @@ from broker.tails.subjects import (
     negative_mix,
     psf_fit_snr,
 )
+from workers.models.tails_contract import offset_to_sky, preprocess
 
 
 @pytest.fixture
@@ -249,7 +249,7 @@ def test_training_can_draw_more_compact_comets_without_changing_held_out_sets() 
 def alert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Nightjar's own simulated ZTF alerts (real wire format, 63x63 gzip-FITS cutouts),
     plus a file that is not an alert."""
-    from broker.simulate import simulate as simulate_alerts
+    from broker.tools.simulate import simulate as simulate_alerts
 
     folder = tmp_path_factory.mktemp("alerts")
     for alert in simulate_alerts("ztf", 12, 4):
@@ -262,7 +262,7 @@ def alert_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_real_cutouts_as_backgrounds(alert_folder: Path, tmp_path: Path) -> None:
     from broker.decode import Decoder
     from broker.settings import load_settings
-    from broker.tails.backgrounds import load
+    from broker.tools.tails.backgrounds import load
 
     settings = load_settings(None)
     backgrounds = load([alert_folder], Decoder(settings.schemas, settings.kafka.max_message_bytes))
@@ -306,7 +306,7 @@ def test_backgrounds_that_cannot_be_used_are_a_clear_error(
 def test_real_ztf_alerts_as_backgrounds(shared_dir: Path) -> None:
     from broker.decode import Decoder
     from broker.settings import load_settings
-    from broker.tails.backgrounds import load
+    from broker.tools.tails.backgrounds import load
 
     settings = load_settings(None)
     decoder = Decoder(settings.schemas, settings.kafka.max_message_bytes)

@@ -14,10 +14,10 @@ import pytest
 import broker.__main__
 from broker.__main__ import main
 from broker.errors import ConfigError
-from broker.models.convert import MAX_ABS_DIFF, import_tensorflow
-from broker.models.registry import load_registry
-from broker.tails.detector import DEFAULT_MODEL
-from broker.tails.evaluate import Scored, recall_interval, threshold_at
+from broker.tools.models.convert import MAX_ABS_DIFF, import_tensorflow
+from broker.tools.tails.detector import DEFAULT_MODEL
+from broker.tools.tails.evaluate import Scored, recall_interval, threshold_at
+from workers.models.registry import load_registry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -100,7 +100,7 @@ def test_the_committed_default_reexports_to_the_same_scores(tmp_path: Path) -> N
 def test_a_detector_trained_after_another_reexports(tmp_path: Path) -> None:
     """Keras numbers layers per process: a body built after another has conv2d_6... in its
     ONNX names; reexport still puts every kernel back in its place."""
-    from broker.tails import network
+    from broker.tools.tails import network
 
     network.build_body(import_tensorflow(), network.Architecture())  # moves the counter on
     train = ["tails", "train", "--n", "256", "--seed", "2", "--validation", "32", "--epochs", "1"]
@@ -117,7 +117,7 @@ def test_a_detector_trained_after_another_reexports(tmp_path: Path) -> None:
 def test_training_on_real_alert_backgrounds(tmp_path: Path) -> None:
     """`--backgrounds`: part of the training stamps painted onto alert cutouts, recorded in
     the card's command and config; not together with --data."""
-    from broker.simulate import simulate as simulate_alerts
+    from broker.tools.simulate import simulate as simulate_alerts
 
     alerts = tmp_path / "alerts"
     alerts.mkdir()
@@ -138,8 +138,8 @@ def test_a_model_without_a_nightjar_body_is_not_reexported(tmp_path: Path) -> No
     import onnx
     from onnx import TensorProto, helper
 
-    from broker.models.convert import ConversionError
-    from broker.tails.reexport import conv_weights
+    from broker.tools.models.convert import ConversionError
+    from broker.tools.tails.reexport import conv_weights
 
     value = helper.make_tensor_value_info("triplet", TensorProto.FLOAT, [None, 63, 63, 3])
     output = helper.make_tensor_value_info("tails", TensorProto.FLOAT, None)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from broker.thumbnails import (
+from broker.post.thumbnails import (
     CutoutKind,
     cutout_png,
     encode_png,

@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib
 
 from broker.errors import ConfigError
-from broker.models.registry import ModelSpec
 from broker.settings import ModelSettings
 from workers.models.base import Model
+from workers.models.registry import ModelSpec
 
 
 def load_model(spec: ModelSpec, settings: ModelSettings) -> Model | None:

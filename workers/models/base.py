@@ -16,12 +16,12 @@ from typing import Any
 import numpy as np
 
 from broker.errors import ConfigError
-from broker.models.manifest import Manifest, onnx_path, read_manifest, sha256_file
-from broker.models.registry import ModelSpec
 from broker.records import Annotation, ModelSkip, ScoringInput
 from broker.settings import ModelSettings
 from workers import preprocess
 from workers.cutouts import Stamps
+from workers.models.manifest import Manifest, onnx_path, read_manifest, sha256_file
+from workers.models.registry import ModelSpec
 from workers.runtime import open_session
 
 log = logging.getLogger(__name__)

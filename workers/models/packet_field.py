@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from broker.models.registry import ModelSpec
 from broker.records import Annotation, ModelSkip, ScoringInput
 from broker.settings import ModelSettings
 from workers.models.base import BatchContext, Model, Outcome
+from workers.models.registry import ModelSpec
 
 
 class PacketField(Model):

@@ -14,14 +14,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from broker.errors import ConfigError
-from broker.models.manifest import Manifest
-from broker.models.registry import ModelSpec
 from broker.records import Annotation, ModelSkip, ScoringInput
 from broker.settings import ModelSettings
-from broker.tails.contract import STAMP, ZTF_PIXEL_SCALE, offset_to_sky, preprocess
-from broker.tails.contract import to_pixels as rel_to_pixels
 from workers.cutouts import Stamps
 from workers.models.base import BatchContext, OnnxModel, Outcome
+from workers.models.manifest import Manifest
+from workers.models.registry import ModelSpec
+from workers.models.tails_contract import STAMP, ZTF_PIXEL_SCALE, offset_to_sky, preprocess
+from workers.models.tails_contract import to_pixels as rel_to_pixels
 
 
 class Tails(OnnxModel):
