@@ -16,6 +16,7 @@ from typing import Any
 from broker.consume import AlertConsumer, consumer_config
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
+from broker.health import Health
 from broker.kafka_config import client_config, producer_config
 from broker.pipeline import Pipeline, RunStats
 from broker.publish import Publisher
@@ -41,7 +42,12 @@ class Broker:
             self.resources.close()
 
 
-def build(settings: Settings, stop: threading.Event, start_sender: bool = True) -> Broker:
+def build(
+    settings: Settings,
+    stop: threading.Event,
+    start_sender: bool = True,
+    health: Health | None = None,
+) -> Broker:
     """Everything `nightjar run` needs, started and checked; raises with an actionable error."""
     log.info("configuration: %s", masked(settings))
     resources = ExitStack()
@@ -73,6 +79,7 @@ def build(settings: Settings, stop: threading.Event, start_sender: bool = True) 
             max_in_flight=settings.dispatch.max_in_flight,
             filters=filters,
             filter_topic=settings.filters.topic_for,
+            health=health or Health(),
         )
         sender = _start_sender(settings, stop) if start_sender else None
     except BaseException:

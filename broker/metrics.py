@@ -1,14 +1,14 @@
 """Every Prometheus metric of the broker process, defined once.
 
 Names follow nightjar_<stage>_<noun>_total{status, reason} and nightjar_<stage>_seconds.
-`serve()` exposes them on /metrics; workers keep their own registry in workers/.
+broker/health.py serves them on /metrics beside the probes; workers keep their own registry.
 """
 
 from __future__ import annotations
 
 import logging
 
-from prometheus_client import Counter, Gauge, Histogram, start_http_server
+from prometheus_client import Counter, Gauge, Histogram
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +44,11 @@ COMMITTED = Counter(
 PAUSED = Gauge("nightjar_consume_paused", "1 while partitions are paused for back-pressure")
 
 
-def serve(host: str, port: int) -> None:
-    """Start the /metrics HTTP endpoint in a daemon thread."""
-    start_http_server(port, addr=host)
-    log.info("metrics on http://%s:%d/metrics", host, port)
+DEPENDENCY_BLOCKED = Gauge(
+    "nightjar_dependency_blocked",
+    "1 while the process waits for this dependency (mongodb, kafka, dask, fritz)",
+    ["dependency"],
+)
 
 
 # Filters and the SkyPortal poster (broker/filters.py, broker/outbox.py, broker/post.py).

@@ -26,6 +26,7 @@ from broker.consume import AlertConsumer, Offsets
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
 from broker.errors import BadAlert, TransientError
+from broker.health import Health
 from broker.metrics import (
     ANNOTATIONS,
     BATCH_SIZE,
@@ -143,6 +144,7 @@ class Pipeline:
         max_in_flight: int,
         filters: FilterRunner | None = None,
         filter_topic: Any = None,
+        health: Health | None = None,
     ) -> None:
         self.decoder = decoder
         self.dispatcher = dispatcher
@@ -153,6 +155,7 @@ class Pipeline:
         self.max_in_flight = max_in_flight
         self.filters = filters
         self.filter_topic = filter_topic
+        self.health = health or Health()
         self.in_flight: deque[Batch] = deque()
         self.stats = RunStats()
         self.added = AddedPoints()
@@ -166,6 +169,7 @@ class Pipeline:
         last_message = time.monotonic()
         try:
             while not stop.is_set():
+                self.health.tick()
                 self._finish_ready()
                 if len(self.in_flight) >= self.max_in_flight:
                     self.consumer.pause()

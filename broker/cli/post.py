@@ -14,7 +14,7 @@ from types import FrameType
 
 import pymongo
 
-from broker import metrics
+from broker.health import Health, serve
 from broker.post.outbox import Outbox
 from broker.post.sender import Sender
 from broker.settings import Settings, load_settings
@@ -63,8 +63,9 @@ def run(args: argparse.Namespace) -> int:
     if args.retry_failed:
         queued = sender.outbox.retry_failed()
         print(f"nightjar post: {queued} failed job(s) queued again")
+    health = Health()
     if args.metrics_port is not None:
-        metrics.serve(settings.metrics.host, args.metrics_port)
+        serve(health, settings.metrics.host, args.metrics_port)
     stop = threading.Event()
 
     def _stop(signum: int, frame: FrameType | None) -> None:
@@ -72,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    sender.run(stop, exit_when_idle=args.exit_when_idle)
+    sender.run(stop, exit_when_idle=args.exit_when_idle, health=health)
     return 0
 
 

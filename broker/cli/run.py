@@ -8,7 +8,8 @@ import signal
 import threading
 from typing import Any
 
-from broker import app, metrics
+from broker import app
+from broker.health import Health, serve
 from broker.settings import load_settings
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    health = Health()
     if settings.metrics.enabled:
-        metrics.serve(settings.metrics.host, settings.metrics.port)
-    broker = app.build(settings, stop)
+        serve(health, settings.metrics.host, settings.metrics.port)
+    broker = app.build(settings, stop, health=health)
     stats = broker.run(stop, args.exit_when_idle)
     log.info(
         "done: %d messages, %d stored, %d rejected in %d batches",

@@ -22,6 +22,7 @@ import pymongo
 from pymongo.errors import PyMongoError
 
 from broker.errors import ConfigError, TransientError
+from broker.health import Health
 from broker.metrics import POST_JOBS, POST_OLDEST, POST_QUEUE, POST_SECONDS
 from broker.post.outbox import Claim, JobDoc, Outbox, new_owner_id, utcnow
 from broker.post.photometry import light_curve, photometry_payload
@@ -100,13 +101,20 @@ class Sender:
         sender._on_close.append(mongo.close)
         return sender
 
-    def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> None:
+    def run(
+        self,
+        stop: threading.Event,
+        exit_when_idle: float | None = None,
+        health: Health | None = None,
+    ) -> None:
         """Post until `stop` is set (or nothing was due for `exit_when_idle` seconds)."""
         log.info("sender %s posting outbox jobs to %s", self.owner, self.fritz.url)
         idle_since = time.monotonic()
         try:
             while not stop.is_set():
-                if self._loop_once(stop):
+                if health is not None:
+                    health.tick()
+                if self._loop_once(stop, health):
                     idle_since = time.monotonic()
                     continue
                 if exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
@@ -117,11 +125,16 @@ class Sender:
             self._summarise()
             self.close()
 
-    def _loop_once(self, stop: threading.Event) -> bool:
+    def _loop_once(self, stop: threading.Event, health: Health | None = None) -> bool:
         try:
             self._refresh_gauges()
-            return self.post_next(stop)
+            posted = self.post_next(stop)
+            if health is not None and health.unblock("mongodb"):
+                log.warning("sender: MongoDB answers again")
+            return posted
         except PyMongoError as exc:
+            if health is not None:
+                health.block("mongodb", str(exc))
             log.warning("sender: MongoDB error, retrying in %g s: %s", self.fritz.poll_seconds, exc)
         except Exception:  # the top of the loop: one bad job must not stop the sender
             log.exception("sender: unexpected error; continuing")

@@ -18,9 +18,10 @@ from typing import Any
 import pymongo
 from tqdm import tqdm
 
-from broker import app, metrics
+from broker import app
 from broker.decode import Decoder
 from broker.errors import NightjarError
+from broker.health import Health, serve
 from broker.kafka_config import client_config
 from broker.pipeline import RunStats
 from broker.post.outbox import Outbox
@@ -247,7 +248,7 @@ def _serve_metrics(settings: Settings, say: Say) -> str | None:
         return None
     url = f"http://{settings.metrics.host}:{settings.metrics.port}/metrics"
     try:
-        metrics.serve(settings.metrics.host, settings.metrics.port)
+        serve(Health(), settings.metrics.host, settings.metrics.port)
     except OSError as exc:
         say(f"metrics not served: {settings.metrics.host}:{settings.metrics.port} is busy ({exc})")
         return None
