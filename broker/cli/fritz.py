@@ -1,21 +1,23 @@
 """`nightjar fritz serve`: the SkyPortal-compatible service (candidates, photometry, page).
 
-Accepted tokens come from NIGHTJAR_FRITZ__SERVER__TOKENS, fritz.server.tokens_file or
---tokens-file; data goes to the MongoDB database fritz.server.database.
+The service is its own package (services/fritz, `nightjar-fritz serve` alone); this command
+hands it Nightjar's settings. Accepted tokens come from NIGHTJAR_FRITZ__SERVER__TOKENS,
+fritz.server.tokens_file or --tokens-file; data goes to the database fritz.server.database.
 """
 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
+from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
 from broker.errors import ConfigError
 from broker.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from nightjar_fritz.server import FritzServer
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -43,21 +45,38 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    settings = _overridden(load_settings(args.config), args.tokens_file, args.mongo_uri)
+    server = fritz_server(settings, host=args.host, port=args.port)
+    print(f"nightjar fritz: serving on {server.url} (candidates page at {server.url}/)")
+    server.serve_until_signalled()
+    return 0
+
+
+def fritz_server(
+    settings: Settings, host: str | None = None, port: int | None = None
+) -> FritzServer:
+    """The service (services/fritz) configured from Nightjar's settings; ConfigError names
+    the field as `nightjar` reports it."""
+    from nightjar_fritz.config import ConfigError as ServiceConfigError
+    from nightjar_fritz.config import config_from
     from nightjar_fritz.server import FritzServer
 
-    settings = _overridden(load_settings(args.config), args.tokens_file, args.mongo_uri)
-    server = FritzServer(settings, host=args.host, port=args.port)
-    print(f"nightjar fritz: serving on {server.url} (candidates page at {server.url}/)")
-
-    def _stop(signum: int, frame: FrameType | None) -> None:
-        # shutdown() waits for serve_forever to return, so it must not run on its thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    server.serve_forever()
-    server.close()
-    return 0
+    server = settings.fritz.server
+    sections = {
+        "fritz": {"server": {
+            **server.model_dump(exclude={"tokens"}),
+            "tokens": [token.get_secret_value() for token in server.tokens],
+        }},
+        "mongo": {"uri": settings.mongo_uri(), "timeout_ms": settings.mongo.timeout_ms},
+        "filters": {"definitions": [
+            {"name": d.name, "fritz_filter_id": d.fritz_filter_id}
+            for d in settings.filters.definitions
+        ]},
+    }  # fmt: skip
+    try:
+        return FritzServer(config_from(sections), host=host, port=port)
+    except ServiceConfigError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _overridden(settings: Settings, tokens_file: Path | None, mongo_uri: str | None) -> Settings:

@@ -17,9 +17,9 @@ import fastavro
 import pytest
 import requests
 from confluent_kafka import Consumer, TopicPartition
-from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 
+from broker.cli.fritz import fritz_server
 from broker.post.thumbnails import PNG_SIGNATURE, png_size
 from broker.settings import Settings
 from broker.tools.demo.main import DemoOptions, DemoResult, forget, run_demo
@@ -73,7 +73,7 @@ def demo_run(
     tmp_path: Path,
 ) -> Iterator[tuple[DemoResult, str]]:
     fritz_db = f"nightjar_demo_test_fritz_{os.getpid()}_{tmp_path.name[-8:]}".replace("-", "_")
-    server = FritzServer(demo_config(kafka_bootstrap, mongo_uri, fritz_db, 0)).start()
+    server = fritz_server(demo_config(kafka_bootstrap, mongo_uri, fritz_db, 0)).start()
     port = int(server.url.rsplit(":", 1)[1])
     settings = demo_config(kafka_bootstrap, mongo_uri, fritz_db, port)
     options = DemoOptions(

@@ -17,10 +17,10 @@ from typing import Any
 import fastavro
 import pytest
 import requests
-from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from broker.cli.fritz import fritz_server
 from broker.filters import FilterStage
 from broker.post.outbox import Outbox
 from broker.post.sender import Sender
@@ -103,7 +103,7 @@ def test_candidates_page_in_chromium(
         docs.append(stored_alert(record))
     mongo_db["alerts"].insert_many(docs)
 
-    server = FritzServer(settings(mongo_uri, mongo_db.name, fritz_db.name, 0)).start()
+    server = fritz_server(settings(mongo_uri, mongo_db.name, fritz_db.name, 0)).start()
     port = int(server.url.rsplit(":", 1)[1])
     config = settings(mongo_uri, mongo_db.name, fritz_db.name, port)
     stop = threading.Event()

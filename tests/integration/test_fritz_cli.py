@@ -58,4 +58,7 @@ def test_service_process_serves_and_stops(
 
 
 def _path_env() -> dict[str, str]:
-    return {key: os.environ[key] for key in ("PATH", "HOME") if key in os.environ}
+    # PYTHONPATH too: where it points the tests at a checkout, the service process must
+    # import the same broker and nightjar_fritz (services/fritz) as the test does.
+    keys = ("PATH", "HOME", "PYTHONPATH")
+    return {key: os.environ[key] for key in keys if key in os.environ}

@@ -16,6 +16,7 @@ from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from broker.cli.fritz import fritz_server
 from broker.errors import ConfigError
 from broker.post.thumbnails import encode_png
 from broker.settings import Settings
@@ -59,7 +60,7 @@ def fritz_db(
 
 @pytest.fixture
 def server(mongo_uri: str, fritz_db: Database[dict[str, object]]) -> Iterator[FritzServer]:
-    service = FritzServer(service_settings(mongo_uri, fritz_db.name)).start()
+    service = fritz_server(service_settings(mongo_uri, fritz_db.name)).start()
     yield service
     service.stop()
 
@@ -117,7 +118,7 @@ def test_service_needs_tokens(mongo_uri: str, fritz_db: Database[dict[str, objec
             update={"server": settings.fritz.server.model_copy(update={"tokens": []})})}
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"fritz\.server\.tokens is empty"):
-        FritzServer(no_tokens)
+        fritz_server(no_tokens)
 
 
 def test_sysinfo_streams_groups(server: FritzServer) -> None:
@@ -276,7 +277,7 @@ def test_fault_injection(server: FritzServer) -> None:
 def test_fault_injection_is_off_by_default(
     mongo_uri: str, fritz_db: Database[dict[str, object]]
 ) -> None:
-    service = FritzServer(service_settings(mongo_uri, fritz_db.name, faults=False)).start()
+    service = fritz_server(service_settings(mongo_uri, fritz_db.name, faults=False)).start()
     try:
         response = call(service, "POST", "/_test/faults", {"count": 5})
         assert response.status_code == 404

@@ -22,6 +22,7 @@ from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 from pymongo.database import Database
 
+from broker.cli.fritz import fritz_server
 from broker.decode import Decoder
 from broker.errors import ConfigError
 from broker.filters import FilterStage
@@ -111,7 +112,7 @@ class Stack:
         )
 
     def start_server(self) -> None:
-        self.server = FritzServer(self.settings(), host="127.0.0.1", port=self.port).start()
+        self.server = fritz_server(self.settings(), host="127.0.0.1", port=self.port).start()
         self.port = int(self.server.url.rsplit(":", 1)[1])
 
     def stop_server(self) -> None:

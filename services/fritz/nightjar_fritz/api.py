@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from broker import __version__
+from nightjar_fritz import __version__
 from nightjar_fritz.payloads import (
     AnnotationPost,
     AnnotationPut,

@@ -3,6 +3,9 @@
 Input: decoded JSON bodies. Output: validated models, or ApiError(400) naming the field.
 Photometry accepts SkyPortal's PhotFluxFlexible and PhotMagFlexible forms (scalars are
 broadcast to the length of the lists) and is normalised to flux at zero point 23.9.
+Written from SkyPortal's documented contract (skyportal/schema.py, PhotFluxFlexible,
+PhotMagFlexible, PhotometryMag.parse_mag, PhotometryThumbnailData), never from the poster's
+code: a stand-in that reused the client's formulas would agree with the client's mistakes.
 """
 
 from __future__ import annotations
@@ -11,13 +14,12 @@ import base64
 import binascii
 import math
 import re
+import struct
+import zlib
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from broker.post.photometry import ZERO_POINT, limit_fluxerr, mag_to_flux
-from broker.post.thumbnails import MAX_SIDE, MIN_SIDE, png_size
 
 # SkyPortal's ALLOWED_BANDPASSES includes these (and many more we do not need).
 BANDPASSES = frozenset(
@@ -25,7 +27,21 @@ BANDPASSES = frozenset(
 )
 MAGSYSTEMS = frozenset({"ab", "vega", "bd17", "csp", "ab-b12"})
 TTYPES = frozenset({"new", "ref", "sub", "sdss", "dr8", "ls", "ps1", "new_gz", "ref_gz", "sub_gz"})
-PHOT_DETECTION_THRESHOLD = 3.0  # SkyPortal's default limiting_mag_nsigma
+# SkyPortal stores flux in microjansky, AB: magnitude 23.9 is 1 uJy (models/photometry.py
+# PHOT_ZP, PHOT_SYS), so flux = 10**(-0.4 * (mag - 23.9)).
+PHOT_ZP = 23.9
+PHOT_SYS = "ab"
+# PhotMagFlexible.limiting_mag_nsigma defaults to PHOT_DETECTION_THRESHOLD, the config key
+# misc.photometry_detection_threshold_nsigma, 3.0 unless a site changes it (schema.py
+# today; releases before 2022 documented "Default = 5"). A limit's 1-sigma flux error is the
+# limiting flux over nsigma (handlers/api/photometry.py: limmag_flux / limiting_mag_nsigma).
+PHOT_DETECTION_THRESHOLD = 3.0
+# PhotometryThumbnailData: "Only thumbnails between (16, 16) and (500, 500) pixels are
+# allowed" (older handlers/api/thumbnail.py checked 100-500; 16 is today's documented floor).
+THUMBNAIL_MIN_SIDE, THUMBNAIL_MAX_SIDE = 16, 500
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# IHDR (PNG spec, section 11.2.2): bit depths allowed for each colour type.
+_PNG_BIT_DEPTHS = {0: {1, 2, 4, 8, 16}, 2: {8, 16}, 3: {1, 2, 4, 8}, 4: {8, 16}, 6: {8, 16}}
 
 
 class ApiError(Exception):
@@ -76,12 +92,38 @@ class ThumbnailPost(Payload):
     def png(self) -> bytes:
         try:
             image = base64.b64decode(self.data, validate=True)
-            width, height = png_size(image)
+            width, height = png_header(image)
         except (binascii.Error, ValueError) as exc:
             raise ApiError(400, f"data: not a base64-encoded PNG image ({exc})") from exc
-        if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
-            raise ApiError(400, f"data: image is {width}x{height} px; 16-500 px a side allowed")
+        low, high = THUMBNAIL_MIN_SIDE, THUMBNAIL_MAX_SIDE
+        if not (low <= width <= high and low <= height <= high):
+            raise ApiError(
+                400, f"data: image is {width}x{height} px; {low}-{high} px a side allowed"
+            )
         return image
+
+
+def png_header(image: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's signature and IHDR chunk, checked as the PNG spec says.
+
+    The first chunk must be a 13-byte IHDR whose CRC matches, with a colour type and bit
+    depth the spec allows; ValueError names what is wrong.
+    """
+    if image[:8] != PNG_SIGNATURE:
+        raise ValueError("no PNG signature")
+    if len(image) < 33:
+        raise ValueError(f"{len(image)} bytes is too short for a PNG header")
+    length, kind = struct.unpack(">I4s", image[8:16])
+    if kind != b"IHDR" or length != 13:
+        raise ValueError(f"first chunk is {kind!r} of {length} bytes, not a 13-byte IHDR")
+    fields = image[16:29]
+    (crc,) = struct.unpack(">I", image[29:33])
+    if zlib.crc32(kind + fields) & 0xFFFFFFFF != crc:
+        raise ValueError("IHDR chunk CRC does not match its content")
+    width, height, depth, colour = struct.unpack(">IIBB", fields[:10])
+    if depth not in _PNG_BIT_DEPTHS.get(colour, set()):
+        raise ValueError(f"bit depth {depth} with colour type {colour} is not a valid PNG")
+    return int(width), int(height)
 
 
 class AnnotationPost(Payload):
@@ -163,7 +205,7 @@ def _flux_row(row: dict[str, Any], index: int) -> PhotometryRow:
     if fluxerr <= 0:
         raise ApiError(400, f"fluxerr[{index}]: must be positive, got {fluxerr}")
     flux = None if row["flux"] is None else _number(row, "flux", index)
-    scale = 10 ** (-0.4 * (zp - ZERO_POINT))  # to microjansky
+    scale = 10 ** (-0.4 * (zp - PHOT_ZP))  # to microjansky
     return _row(row, index, None if flux is None else flux * scale, fluxerr * scale)
 
 
@@ -172,11 +214,20 @@ def _mag_row(row: dict[str, Any], index: int) -> PhotometryRow:
     if (row["mag"] is None) != (row["magerr"] is None):
         raise ApiError(400, f"mag[{index}] and magerr[{index}] must both be given or both null")
     if row["mag"] is None:
-        nsigma = row["limiting_mag_nsigma"] or PHOT_DETECTION_THRESHOLD
-        return _row(row, index, None, limit_fluxerr(limit, float(nsigma)))
-    flux = mag_to_flux(_number(row, "mag", index))
+        nsigma = PHOT_DETECTION_THRESHOLD
+        if row["limiting_mag_nsigma"] is not None:
+            nsigma = _number(row, "limiting_mag_nsigma", index)
+        if nsigma <= 0:
+            raise ApiError(400, f"limiting_mag_nsigma[{index}]: must be positive, got {nsigma}")
+        return _row(row, index, None, _mag_flux(limit) / nsigma)
+    flux = _mag_flux(_number(row, "mag", index))
     fluxerr = abs(_number(row, "magerr", index) * flux * math.log(10) / 2.5)
     return _row(row, index, flux, fluxerr)
+
+
+def _mag_flux(mag: float) -> float:
+    """Microjansky of an AB magnitude (SkyPortal's PhotometryMag.parse_mag)."""
+    return float(10 ** (-0.4 * (mag - PHOT_ZP)))
 
 
 def _row(row: dict[str, Any], index: int, flux: float | None, fluxerr: float) -> PhotometryRow:

@@ -1,6 +1,7 @@
 """Light curve -> small inline SVG for the candidates page (no plotting library).
 
-Input: photometry rows as stored by the service (flux in microjansky at zero point 23.9).
+Input: photometry rows as stored by the service (flux in microjansky at zero point 23.9;
+magnitudes here are the service's own conversion, not the poster's).
 Output: an SVG string: detections as filled circles, 5-sigma limits as open triangles,
 magnitude axis inverted, one colour per band.
 """
@@ -12,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from broker.post.photometry import flux_to_mag
+from nightjar_fritz.payloads import PHOT_ZP
 
 WIDTH, HEIGHT = 360, 170
 _LEFT, _RIGHT, _TOP, _BOTTOM = 38, 10, 10, 26
@@ -22,6 +23,11 @@ COLOURS = {
     "lsstz": "#555555", "lssty": "#333333",
 }  # fmt: skip
 _LIMIT_NSIGMA = 5.0
+
+
+def flux_to_mag(flux: float) -> float:
+    """AB magnitude of a positive flux in microjansky (m = -2.5 log10(flux) + 23.9)."""
+    return -2.5 * math.log10(flux) + PHOT_ZP
 
 
 def light_curve_svg(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -14,6 +14,7 @@ import dataclasses
 import hmac
 import logging
 import re
+import signal
 import socket
 import sys
 import threading
@@ -27,10 +28,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import pymongo
 from pymongo.errors import ConnectionFailure
 
-from broker.errors import ConfigError
-from broker.settings import Settings
 from nightjar_fritz import page
 from nightjar_fritz.api import Api, Catalog, Route
+from nightjar_fritz.config import ConfigError, FritzConfig
 from nightjar_fritz.faults import FaultPlan, Faults
 from nightjar_fritz.payloads import ApiError, parse
 from nightjar_fritz.store import FritzStore
@@ -49,10 +49,7 @@ class FritzApp:
 
     def __init__(self, api: Api, tokens: list[str], faults: Faults | None) -> None:
         if not tokens:
-            raise ConfigError(
-                "fritz.server.tokens is empty: set NIGHTJAR_FRITZ__SERVER__TOKENS='[\"<token>\"]' "
-                "or fritz.server.tokens_file"
-            )
+            raise ConfigError("no accepted tokens (FritzConfig.accepted_tokens() names the fix)")
         self.api = api
         self._tokens = [token.encode() for token in tokens]
         self._routes: list[Route] = api.routes()
@@ -247,26 +244,23 @@ class FritzServer:
     """The service bound to host:port; `serve_forever()` for the CLI, `start()` for tests."""
 
     def __init__(
-        self, settings: Settings, host: str | None = None, port: int | None = None
+        self, config: FritzConfig, host: str | None = None, port: int | None = None
     ) -> None:
-        server_settings = settings.fritz.server
+        server = config.server
+        app_tokens = config.accepted_tokens()  # before connecting: a config error comes first
         self._mongo: pymongo.MongoClient[Any] = pymongo.MongoClient(
-            settings.mongo_uri(), serverSelectionTimeoutMS=settings.mongo.timeout_ms, tz_aware=True
+            config.mongo_uri(), serverSelectionTimeoutMS=config.mongo.timeout_ms, tz_aware=True
         )
-        store = FritzStore(self._mongo[server_settings.database])
+        store = FritzStore(self._mongo[server.database])
         store.ensure_indexes()
         catalog = Catalog(
-            filters={d.fritz_filter_id: d.name for d in settings.filters.definitions},
-            groups=dict(server_settings.groups),
-            streams=dict(server_settings.streams),
+            filters=config.filter_names(),
+            groups=dict(server.groups),
+            streams=dict(server.streams),
         )
-        faults = Faults() if server_settings.faults_enabled else None
-        try:
-            tokens = settings.fritz.server_tokens()
-        except OSError as exc:
-            raise ConfigError(f"fritz.server.tokens_file: cannot read it: {exc}") from exc
-        app = FritzApp(Api(store, catalog), tokens, faults)
-        address = (host or server_settings.host, server_settings.port if port is None else port)
+        faults = Faults() if server.faults_enabled else None
+        app = FritzApp(Api(store, catalog), app_tokens, faults)
+        address = (host or server.host, server.port if port is None else port)
         self._http = _Server(address, app)
         self._thread: threading.Thread | None = None
 
@@ -287,6 +281,18 @@ class FritzServer:
         self._http.server_close()
         self._http.close_connections()
         self._mongo.close()
+
+    def serve_until_signalled(self) -> None:
+        """Serve until SIGTERM or SIGINT, then close (the command line's main loop)."""
+
+        def _stop(signum: int, frame: Any) -> None:
+            # shutdown() waits for serve_forever to return, so it must not run on its thread.
+            threading.Thread(target=self.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, _stop)
+        signal.signal(signal.SIGINT, _stop)
+        self.serve_forever()
+        self.close()
 
     def start(self) -> FritzServer:
         """Serve on a background thread (tests, or a process that embeds the service)."""

@@ -20,9 +20,9 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from broker.post.photometry import ZERO_POINT
-from broker.store import UPDATES_PER_COMMAND
 from nightjar_fritz.payloads import (
+    PHOT_SYS,
+    PHOT_ZP,
     AnnotationPost,
     AnnotationPut,
     ApiError,
@@ -30,6 +30,9 @@ from nightjar_fritz.payloads import (
     PhotometryRow,
 )
 
+# FerretDB 1.24 holds one SQLite connection (of a pool of 100) per statement of an update
+# command until the command ends: 100 updates in one bulk_write stall the whole server.
+UPDATES_PER_COMMAND = 50
 _COLLECTIONS_WITH_IDS = ("candidates", "photometry", "thumbnails", "annotations")
 _DUPLICATE_KEY = 11000
 
@@ -157,7 +160,7 @@ class FritzStore:
         for key, row in keyed.items():
             point_id = existing.get(key) or self._next_id("photometry")
             ids.append(point_id)
-            doc = {**row.model_dump(), "id": point_id, "zp": ZERO_POINT, "magsys": "ab"}
+            doc = {**row.model_dump(), "id": point_id, "zp": PHOT_ZP, "magsys": PHOT_SYS}
             requests.append(UpdateOne({"_id": key}, {"$set": doc}, upsert=True))
         # In chunks: FerretDB 1.24 stalls on update commands of 100 statements or more.
         photometry = self.db["photometry"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from broker import __version__
+from nightjar_fritz import __version__
 from nightjar_fritz.payloads import ApiError
 
 
