@@ -164,7 +164,7 @@ def _overlaps(panels: Sequence[Mapping[str, Any]]) -> list[str]:
     problems: list[str] = []
     for panel in panels:
         grid = panel.get("gridPos")
-        if _grid_problems(grid):
+        if not isinstance(grid, dict) or _grid_problems(grid):
             continue
         x, y, w, h = (grid[k] for k in "xywh")
         cells = {(col, row) for col in range(x, x + w) for row in range(y, y + h)}

@@ -34,7 +34,14 @@ from broker.tools import observe
 from broker.tools.models.fetch import fetch
 from broker.tools.simulate import iter_alerts
 from tests.helpers import poll_until
-from tests.pipeline_helpers import REPO, Rig, create_topics, free_port, produce
+from tests.pipeline_helpers import (
+    REPO,
+    BrokerProcess,
+    Rig,
+    create_topics,
+    free_port,
+    produce,
+)
 from workers.models.registry import load_registry
 
 PROMETHEUS_HOME = Path(
@@ -46,6 +53,7 @@ BRIGHT = 18.0  # a few simulated ZTF alerts pass it: filter matches, outbox jobs
 FILTERS = [{"name": "bright", "fritz_filter_id": 1, "group_ids": [1],
             "query": {"candidate.magpsf": {"$lt": BRIGHT}}}]  # fmt: skip
 WAVES, ZTF, LSST, GARBAGE = 3, 60, 20, 3
+PORTS = ("broker", "poster", "scheduler", "dashboard", "worker", "prometheus")
 
 
 def prometheus_binary() -> Path:
@@ -123,11 +131,7 @@ def fritz(mongo_uri: str, mongo_client: MongoClient[dict[str, Any]]) -> Iterator
 
 
 def test_every_panel_query_has_data_and_every_rule_is_loaded(
-    make_rig: Any,
-    kafka_admin: AdminClient,
-    kafka_bootstrap: str,
-    fritz: str,
-    tmp_path: Path,
+    make_rig: Any, kafka_admin: AdminClient, fritz: str, tmp_path: Path
 ) -> None:
     prometheus = prometheus_binary()
     rig: Rig = make_rig("observe")
@@ -135,8 +139,7 @@ def test_every_panel_query_has_data_and_every_rule_is_loaded(
     create_topics(kafka_admin, [filter_template.format(filter="bright")])
     models = tmp_path / "models"
     fetch(load_registry(REPO / "config" / "models.yaml").get("tails"), models, progress=False)
-    ports = {name: free_port() for name in ("broker", "poster", "scheduler", "dashboard",
-                                            "worker", "prometheus")}  # fmt: skip
+    ports = {name: free_port() for name in PORTS}
     env = rig.env(
         NIGHTJAR_MODELS__DIR=str(models),
         NIGHTJAR_DISPATCH__SCHEDULER_ADDRESS=f"tcp://127.0.0.1:{ports['scheduler']}",
@@ -149,17 +152,30 @@ def test_every_panel_query_has_data_and_every_rule_is_loaded(
         NIGHTJAR_METRICS__ENABLED="true",
         NIGHTJAR_METRICS__HOST="127.0.0.1",
         NIGHTJAR_METRICS__PORT=str(ports["broker"]),
-    )  # fmt: skip
-    api = f"http://127.0.0.1:{ports['prometheus']}"
-    config = prometheus_config(
-        tmp_path / "prometheus.yml",
-        {"nightjar-broker": ports["broker"], "nightjar-poster": ports["poster"],
-         "dask-scheduler": ports["dashboard"], "dask-workers": ports["worker"]},
-    )  # fmt: skip
+    )
+    client = observe.Prometheus(f"http://127.0.0.1:{ports['prometheus']}")
+    with deployment(rig, env, ports, prometheus, tmp_path) as broker, broker.diagnosed():
+        started = time.time()
+        send_traffic(rig, client)
+        done = 'sum(nightjar_post_jobs_total{status="done"})'
+        poll_until(lambda: _value(client, done) >= 1, 120, 1.0, "a job posted to Fritz")
+        variables = {"dead_letter_topic": rig.dead_letter_topic}
+        check_in_prometheus(client, variables, tmp_path, time.time() - started + 5)
+
+
+@contextmanager
+def deployment(
+    rig: Rig, env: dict[str, str], ports: Mapping[str, int], prometheus: Path, tmp_path: Path
+) -> Iterator[BrokerProcess]:
+    """Scheduler, worker, broker, poster and Prometheus on 127.0.0.1; all stopped after."""
+    jobs = {"nightjar-broker": ports["broker"], "nightjar-poster": ports["poster"],
+            "dask-scheduler": ports["dashboard"], "dask-workers": ports["worker"]}  # fmt: skip
+    config = prometheus_config(tmp_path / "prometheus.yml", jobs)
     with ExitStack() as stack:
-        start = lambda name, argv, **extra: stack.enter_context(  # noqa: E731
-            process(argv, {**env, **extra}, tmp_path / f"{name}.log")
-        )
+
+        def start(name: str, argv: list[str], **extra: str) -> None:
+            stack.enter_context(process(argv, {**env, **extra}, tmp_path / f"{name}.log"))
+
         start("scheduler", [str(BIN / "dask"), "scheduler", "--host", "127.0.0.1",
                             "--port", str(ports["scheduler"]),
                             "--dashboard-address", f"127.0.0.1:{ports['dashboard']}"])  # fmt: skip
@@ -178,13 +194,7 @@ def test_every_panel_query_has_data_and_every_rule_is_loaded(
         with broker.diagnosed():
             poll_until(lambda: answers(f"http://127.0.0.1:{ports['broker']}/readyz"), 120,
                        message="the broker's /readyz")  # fmt: skip
-            client = observe.Prometheus(api)
-            started = time.time()
-            send_traffic(rig, client)
-            done = 'sum(nightjar_post_jobs_total{status="done"})'
-            poll_until(lambda: _value(client, done) >= 1, 120, 1.0, "a job posted to Fritz")
-            variables = {"dead_letter_topic": rig.dead_letter_topic}
-            check_in_prometheus(client, variables, tmp_path, time.time() - started + 5)
+        yield broker
 
 
 def send_traffic(rig: Rig, prometheus: observe.Prometheus) -> None:
