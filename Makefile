@@ -6,7 +6,8 @@
 #   make venv         .venv with the project, dev tools and the model converter
 #   make lint         ruff check, ruff format --check, mypy
 #   make unit         tests that need no services
-#   make test         lint + unit + integration/e2e against real services (what CI runs)
+#   make test         lint + unit + rules-test + integration/e2e against real services (CI)
+#   make rules-test   promtool checks and unit-tests the Prometheus alert rules
 #   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
 #   make demo | bench | models           nightjar demo / bench / models fetch
 #   make up / down    the docker compose deployment
@@ -33,11 +34,17 @@ RUBIN_SCHEMAS := schemas/rubin-requirements.txt
 KAFKA_ADDRESS := 127.0.0.1:$(or $(NIGHTJAR_SERVICES_KAFKA_PORT),9092)
 MONGO_ADDRESS := mongodb://127.0.0.1:$(or $(NIGHTJAR_SERVICES_FERRETDB_PORT),27017)
 
+# Debian's Prometheus (promtool for the rule tests, prometheus for the dashboard test),
+# unpacked from its .deb: installing the package would start a system-wide daemon.
+PROMETHEUS_HOME ?= $(HOME)/.cache/nightjar/prometheus
+PROMTOOL := $(PROMETHEUS_HOME)/usr/bin/promtool
+RULES := deploy/prometheus/rules
+
 # apt-get needs root: use sudo when not root (CI runs as root, without a terminal).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help venv system-deps lint format unit test services-up services-down services-status \
-	demo bench models up down clean
+	demo bench models up down clean rules-test prometheus
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -80,9 +87,24 @@ format: $(STAMP)
 unit: $(STAMP)
 	$(PY) -m pytest $(UNIT) $(PYTEST_ARGS)
 
+# `apt-get download` needs no root; the package lists only on a machine that never had them.
+$(PROMTOOL):
+	@command -v apt-get >/dev/null || { echo "make: no apt-get here; put promtool and prometheus (2.x) in $(PROMETHEUS_HOME)/usr/bin" >&2; exit 1; }
+	@mkdir -p $(PROMETHEUS_HOME)/deb
+	cd $(PROMETHEUS_HOME)/deb && { apt-get download -q prometheus 2>/dev/null || \
+		{ $(SUDO) apt-get update -q && apt-get download -q prometheus; }; }
+	dpkg -x "$$(ls -t $(PROMETHEUS_HOME)/deb/prometheus_*.deb | head -n 1)" $(PROMETHEUS_HOME)
+	@touch $@
+
+prometheus: $(PROMTOOL)
+
+rules-test: $(PROMTOOL)
+	$(PROMTOOL) check rules $(RULES)/nightjar.yml
+	$(PROMTOOL) test rules $(RULES)/tests/*.yml
+
 # Services are stopped on every way out (success, test failure, Ctrl-C) and the tests'
 # exit status is kept. Exit status 5 (nothing collected) only means no such tests yet.
-test: lint unit system-deps
+test: lint unit rules-test system-deps
 	@trap '$(NIGHTJAR) services down' EXIT; trap 'exit 130' INT TERM; \
 	$(NIGHTJAR) services up || exit $$?; \
 	paths="$(wildcard $(INTEGRATION))"; \

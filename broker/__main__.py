@@ -29,6 +29,7 @@ COMMANDS = (
     "post",
     "fritz",
     "tails",
+    "dashboards",
 )
 
 

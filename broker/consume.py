@@ -15,7 +15,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from broker.errors import TransientError
-from broker.metrics import COMMITTED, CONSUMED, CONSUMER_LAG, PAUSED
+from broker.metrics import COMMITTED, CONSUMED, CONSUMER_LAG, PAUSED, PAUSES
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class AlertConsumer:
             self._consumer.pause(_partitions(self.assignment))
             self.paused = True
             PAUSED.set(1)
+            PAUSES.inc()
 
     def resume(self) -> None:
         if self.paused:

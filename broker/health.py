@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from broker.metrics import DEPENDENCY_BLOCKED
+from broker.metrics import DEPENDENCY_BLOCKED, KNOWN_DEPENDENCIES
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,8 @@ class Health:
         self._last_tick = time.monotonic()
         self._running = False
         self._blocked: dict[str, Blocked] = {}
+        for dependency in KNOWN_DEPENDENCIES:
+            DEPENDENCY_BLOCKED.labels(dependency=dependency)  # 0 until blocked; never reset
 
     def tick(self) -> None:
         """The main loop came round once."""

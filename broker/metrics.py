@@ -13,6 +13,8 @@ from prometheus_client import Counter, Gauge, Histogram
 log = logging.getLogger(__name__)
 
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# From the survey's produce time to ours: seconds on a good night, minutes when lagging.
+_LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0)
 
 CONSUMED = Counter("nightjar_consume_messages_total", "Messages read from Kafka", ["topic"])
 REJECTED = Counter(
@@ -28,6 +30,17 @@ ANNOTATIONS = Counter(
 MODEL_SKIPS = Counter(
     "nightjar_annotate_skips_total", "Alerts a model gave no score for", ["model", "reason"]
 )
+SCORES = Histogram(
+    "nightjar_annotate_score",
+    "Scores attached to alerts, per model (a model stuck at one value shows here)",
+    ["model"],
+    buckets=(0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0),
+)
+OUTPUT_LATENCY = Histogram(
+    "nightjar_publish_latency_seconds",
+    "Seconds from the input message's Kafka timestamp to its annotated copy being produced",
+    buckets=_LATENCY_BUCKETS,
+)
 STAGE_SECONDS = Histogram(
     "nightjar_stage_seconds", "Wall time of one batch in a stage", ["stage"], buckets=_BUCKETS
 )
@@ -42,6 +55,8 @@ COMMITTED = Counter(
     "nightjar_consume_commits_total", "Offset commits after store and publish", ["status"]
 )
 PAUSED = Gauge("nightjar_consume_paused", "1 while partitions are paused for back-pressure")
+# The gauge misses pauses shorter than a scrape interval; the counter does not.
+PAUSES = Counter("nightjar_consume_pauses_total", "Times partitions were paused (back-pressure)")
 
 
 DEPENDENCY_BLOCKED = Gauge(
@@ -49,6 +64,8 @@ DEPENDENCY_BLOCKED = Gauge(
     "1 while the process waits for this dependency (mongodb, kafka, dask, fritz)",
     ["dependency"],
 )
+# Exported at 0 from the start, so dashboards and alerts see them before the first block.
+KNOWN_DEPENDENCIES = ("mongodb", "kafka", "dask", "fritz")
 
 
 # Filters and the SkyPortal poster (broker/filters.py, broker/outbox.py, broker/post.py).

@@ -33,6 +33,7 @@ from broker.metrics import (
     IN_FLIGHT,
     MODEL_SKIPS,
     REJECTED,
+    SCORES,
     STAGE_SECONDS,
     STORED,
 )
@@ -378,6 +379,7 @@ class Pipeline:
             STORED.labels(alert.survey).inc()
             for annotation in result.annotations:
                 ANNOTATIONS.labels(annotation.model).inc()
+                SCORES.labels(annotation.model).observe(annotation.score)
             for skip in result.skipped:
                 MODEL_SKIPS.labels(skip.model, skip.reason[:40]).inc()
         for rejection in rejections:

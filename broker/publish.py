@@ -21,7 +21,7 @@ from broker import __version__
 from broker.avro_container import ContainerWriter, clean_schema
 from broker.decode import Decoder, record_body
 from broker.errors import TransientError
-from broker.metrics import PUBLISHED
+from broker.metrics import OUTPUT_LATENCY, PUBLISHED
 from broker.records import Alert, AlertResult, Rejection
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,8 @@ class Publisher:
             headers: list[tuple[str, str | bytes | None]] | None = (
                 [(SOURCE_TS_HEADER, str(ts).encode())] if ts is not None else None
             )
+            if ts is not None:  # clocks a little apart must not make it negative
+                OUTPUT_LATENCY.observe(max(0.0, (now_ms - ts) / 1000))
             self._produce(
                 self._output_topic.format(survey=alert.survey),
                 value,
