@@ -237,6 +237,8 @@ def test_secrets_are_referenced_never_inlined(rendered: list[Manifest]) -> None:
                     assert name == "NIGHTJAR_MONGO__URI" and "@" not in item["value"], what
                 else:
                     assert "secretKeyRef" in item["valueFrom"], what
+                # Workers do no I/O besides reading models: they hold no credentials.
+                assert not obj["metadata"]["name"].startswith("nightjar-worker"), what
 
 
 def test_external_mongo_and_fritz_token_come_from_the_named_secrets(

@@ -64,7 +64,7 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
   value: {{ .Values.mongo.database | quote }}
 {{- end -}}
 
-{{/* Settings shared by the broker, poster and workers (Kafka, MongoDB, Dask, logging). */}}
+{{/* Settings of the broker and poster: Kafka, MongoDB, then the common ones. */}}
 {{- define "nightjar.env" -}}
 - name: NIGHTJAR_KAFKA__BOOTSTRAP_SERVERS
   value: {{ include "nightjar.bootstrapServers" . | quote }}
@@ -94,6 +94,12 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
       key: {{ .Values.kafka.saslPasswordSecret.key }}
 {{- end }}
 {{ include "nightjar.mongoEnv" . }}
+{{ include "nightjar.commonEnv" . }}
+{{- end -}}
+
+{{/* What Dask workers need too: they do no I/O besides reading models, so no Kafka,
+MongoDB or Fritz settings (nor their Secrets) reach them. */}}
+{{- define "nightjar.commonEnv" -}}
 - name: NIGHTJAR_DISPATCH__SCHEDULER_ADDRESS
   value: {{ include "nightjar.schedulerAddress" . | quote }}
 - name: NIGHTJAR_MODELS__DIR

@@ -56,7 +56,7 @@ spec:
             - name: NIGHTJAR_MODELS__PROVIDER
               value: cuda
             {{- end }}
-            {{- include "nightjar.env" $root | nindent 12 }}
+            {{- include "nightjar.commonEnv" $root | nindent 12 }}
             {{- with $pool.extraEnv }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
