@@ -11,6 +11,9 @@
 #   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
 #   make demo | bench | models           nightjar demo / bench / models fetch
 #   make up / down    the docker compose deployment
+#   make helm         Helm (built from the Go module proxy once, cached in ~/.cache/nightjar/helm)
+#   make chart        lint and render the Kubernetes chart (deploy/kubernetes/nightjar)
+#   make chart-dashboards   copy deploy/grafana/dashboards/*.json into the chart
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -40,11 +43,26 @@ PROMETHEUS_HOME ?= $(HOME)/.cache/nightjar/prometheus
 PROMTOOL := $(PROMETHEUS_HOME)/usr/bin/promtool
 RULES := deploy/prometheus/rules
 
+# Helm renders deploy/kubernetes/nightjar in the unit tests. Built with Go from the module
+# proxy (no other download path; a few minutes on 2 cores, once) into the cache.
+HELM_VERSION := v3.19.5
+# What Helm's own release build stamps in: its version, and the Kubernetes version of its
+# client-go (v0.34 here) that `helm template` and `helm lint` assume without --kube-version
+# (a plain `go install` leaves 1.20, older than the chart's kubeVersion).
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	$(foreach pkg,pkg/chartutil pkg/lint/rules,-X helm.sh/helm/v3/$(pkg).k8sVersionMajor=1 \
+	-X helm.sh/helm/v3/$(pkg).k8sVersionMinor=34)
+HELM_DIR := $(or $(NIGHTJAR_CACHE),$(HOME)/.cache/nightjar)/helm/$(HELM_VERSION)
+HELM := $(HELM_DIR)/helm
+GO ?= $(or $(shell command -v go),$(wildcard /usr/local/go/bin/go),go)
+CHART := deploy/kubernetes/nightjar
+DASHBOARDS := deploy/grafana/dashboards
+
 # apt-get needs root: use sudo when not root (CI runs as root, without a terminal).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help venv system-deps lint format unit test services-up services-down services-status \
-	demo bench models up down clean rules-test prometheus
+	demo bench models up down clean rules-test prometheus helm chart chart-dashboards
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -85,7 +103,7 @@ format: $(STAMP)
 	$(VENV)/bin/ruff check --fix .
 
 unit: $(STAMP)
-	$(PY) -m pytest $(UNIT) $(PYTEST_ARGS)
+	NIGHTJAR_HELM=$(HELM) $(PY) -m pytest $(UNIT) $(PYTEST_ARGS)
 
 # `apt-get download` needs no root; the package lists only on a machine that never had them.
 $(PROMTOOL):
@@ -104,7 +122,7 @@ rules-test: $(PROMTOOL)
 
 # Services are stopped on every way out (success, test failure, Ctrl-C) and the tests'
 # exit status is kept. Exit status 5 (nothing collected) only means no such tests yet.
-test: lint unit rules-test system-deps
+test: lint helm unit rules-test system-deps
 	@trap '$(NIGHTJAR) services down' EXIT; trap 'exit 130' INT TERM; \
 	$(NIGHTJAR) services up || exit $$?; \
 	paths="$(wildcard $(INTEGRATION))"; \
@@ -141,6 +159,26 @@ models: $(STAMP)
 		echo "make: $(MODELS_MIRROR) is absent; downloading from the published URLs"; \
 		$(NIGHTJAR) models fetch; \
 	fi
+
+$(HELM): | system-deps
+	@echo "make: building Helm $(HELM_VERSION) into $(HELM_DIR) (once; a few minutes)"
+	mkdir -p $(HELM_DIR)
+	CGO_ENABLED=0 GOBIN=$(abspath $(HELM_DIR)) $(GO) install -trimpath \
+		-ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION)
+
+helm: $(HELM)
+
+# Helm reads only files inside the chart: the Grafana dashboards are copied in (and
+# tests/unit/test_helm_chart.py fails while the copies differ from the originals).
+chart-dashboards:
+	@mkdir -p $(CHART)/dashboards
+	rm -f $(CHART)/dashboards/*.json
+	@if compgen -G '$(DASHBOARDS)/*.json' >/dev/null; then cp $(DASHBOARDS)/*.json $(CHART)/dashboards/; fi
+
+chart: $(HELM) chart-dashboards
+	$(HELM) lint $(CHART)
+	$(HELM) lint $(CHART) -f $(CHART)/values-gpu.yaml
+	$(HELM) template nightjar $(CHART) -f $(CHART)/values-gpu.yaml > /dev/null
 
 up:
 	$(COMPOSE) up -d
