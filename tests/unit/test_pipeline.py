@@ -1,5 +1,6 @@
-"""broker.pipeline without services: results split, scoring input, and the order of a batch's
-steps (store, publish, then commit) with in-memory stand-ins for the stages around the loop.
+"""broker.pipeline and broker.writer without services: results split, scoring input, and the
+order of a batch's steps (store, publish, then commit) with in-memory stand-ins for the stages
+around the loop.
 
 The real Kafka and MongoDB path is in tests/integration and tests/e2e.
 """
@@ -16,11 +17,12 @@ import pytest
 
 from broker import history
 from broker.decode import Decoder
-from broker.pipeline import AddedPoints, Batch, Pipeline, scoring_input, split_results
+from broker.pipeline import Batch, Pipeline, scoring_input
 from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
 from broker.settings import SchemaSettings
 from broker.store import object_key
 from broker.tools.simulate import simulate
+from broker.writer import AddedPoints, split_results
 
 TOPIC = "alerts"
 
