@@ -146,12 +146,12 @@ class Writer:
         stored = dict(batch.stored_history)  # the batch's own copy stays as read (retries)
         for key, points in self.added.since(batch.history_seq, keys).items():
             stored[key] = [*stored.get(key, ()), *points]
-        docs = self.store.write(alerts, results, stored)
-        for stage, seconds in self.store.timings.items():
+        written = self.store.write(alerts, results, stored)
+        for stage, seconds in written.timings.items():
             self._timed(stage, seconds)
-        self.added.add(self.store.added)
+        self.added.add(written.added)
         self.store.write_rejections(rejections)
-        return docs
+        return written.docs
 
     def _filter(self, docs: list[AlertDocument]) -> Sequence[Any]:
         """The documents just stored, matched in-process: no read back from MongoDB."""

@@ -199,10 +199,10 @@ def test_an_unreachable_server_is_a_transient_error(alerts: list[Alert]) -> None
 
 def test_a_write_reports_only_its_own_points_and_timings(store: Store, alerts: list[Alert]) -> None:
     batch = [a for a in alerts if a.survey == "ztf"][:5]
-    store.write(batch, results_for(batch), {})
-    assert set(store.added) == {object_key("ztf", a.object_id) for a in batch}
-    assert set(store.timings) == {"store_alerts", "store_objects"}
-    store.write(batch, results_for(batch), store.read_history(batch))  # a replay adds nothing
-    assert store.added == {}
-    store.write([], [], {})  # every alert of a batch rejected
-    assert store.added == {} and store.timings == {}
+    first = store.write(batch, results_for(batch), {})
+    assert set(first.added) == {object_key("ztf", a.object_id) for a in batch}
+    assert set(first.timings) == {"store_alerts", "store_objects"}
+    replay = store.write(batch, results_for(batch), store.read_history(batch))  # adds nothing
+    assert replay.added == {}
+    empty = store.write([], [], {})  # every alert of a batch rejected
+    assert empty.added == {} and empty.timings == {}
