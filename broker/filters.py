@@ -13,7 +13,6 @@ import math
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +22,7 @@ from broker.errors import ConfigError, TransientError
 from broker.metrics import FILTER_ERRORS, FILTER_MATCHES
 from broker.post.outbox import Outbox
 from broker.query import Matcher, compile_query
+from broker.records import FilterMatch
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -55,19 +55,6 @@ _BSON_TYPES = frozenset(
         "regex", "int", "timestamp", "long", "decimal", "number",
     }
 )  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class FilterMatch:
-    """One alert that passed one filter."""
-
-    filter: str
-    alert_id: str
-    candid: int
-    object_id: str
-    survey: str
-    fritz_filter_id: int
-    group_ids: tuple[int, ...]
 
 
 class FilterStage:

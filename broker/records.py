@@ -142,3 +142,16 @@ class AlertResult:
     annotations: tuple[Annotation, ...] = ()
     skipped: tuple[ModelSkip, ...] = ()
     rejected: tuple[str, str] | None = None  # (reason code, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatch:
+    """One stored alert that passed one filter: sent to the filter's topic, posted to Fritz."""
+
+    filter: str
+    alert_id: str
+    candid: int
+    object_id: str
+    survey: str
+    fritz_filter_id: int
+    group_ids: tuple[int, ...]
