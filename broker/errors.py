@@ -2,6 +2,8 @@
 
 NightjarError              base of everything Nightjar raises on purpose
 ├── ConfigError            bad configuration; the CLI exits 2 naming the field
+│   └── QueryError         a filter query broker.query cannot evaluate (also a ValueError,
+│                          so the settings model reports it under the filter's field)
 ├── BadAlert               one message cannot become an Alert; carries a reason code.
 │                          The pipeline dead-letters it and goes on.
 ├── TransientError         a service hiccup worth retrying (timeouts, 5xx, broker down)
@@ -17,6 +19,10 @@ class NightjarError(Exception):
 
 class ConfigError(NightjarError):
     """Invalid or missing configuration; the message names the field."""
+
+
+class QueryError(ConfigError, ValueError):
+    """A filter query refused by the compiler; names the filter and the operator or path."""
 
 
 class BadAlert(NightjarError):

@@ -155,3 +155,15 @@ class FilterMatch:
     survey: str
     fritz_filter_id: int
     group_ids: tuple[int, ...]
+
+
+# Top-level fields of the stored alert document (broker.store.AlertDocument, checked equal
+# in a test): the fields a filter query may name. The light curve is not one of them: it
+# lives in `objects.lightcurve`.
+ALERT_FIELDS = frozenset(
+    {
+        "_id", "survey", "candid", "objectId", "ra", "dec", "jd", "schema_version",
+        "candidate", "packet", "cutouts", "annotations", "skipped", "broker", "ingested_at",
+        "origin",
+    }
+)  # fmt: skip
