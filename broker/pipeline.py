@@ -25,7 +25,7 @@ from broker import history
 from broker.consume import AlertConsumer, Offsets
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
-from broker.errors import BadAlert
+from broker.errors import BadAlert, retry_transient
 from broker.metrics import (
     ANNOTATIONS,
     BATCH_SIZE,
@@ -38,7 +38,7 @@ from broker.metrics import (
 from broker.publish import Publisher
 from broker.records import Alert, AlertResult, Origin, Rejection, ScoringInput
 from broker.store import Store, object_key
-from broker.writer import FilterRunner, Writer, Written, retrying
+from broker.writer import FilterRunner, Writer, Written
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ class Pipeline:
         self.in_flight: deque[Batch] = deque()
         self.stats = RunStats()
         self._stats_lock = threading.Lock()
+        self._stop = threading.Event()  # run()'s: a stage failing once it is set is not retried
         # One thread: batches are stored and published in the order they were read.
         self.writer = Writer(store, publisher, self._add, filters, filter_topic)
         self.consumer: AlertConsumer = consumer_factory(self._on_revoke)
@@ -107,6 +108,7 @@ class Pipeline:
     def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> RunStats:
         """Process until `stop` is set, or the topics stay empty for `exit_when_idle` s."""
         last_message = time.monotonic()
+        self.writer.stop = self._stop = stop
         try:
             while not stop.is_set():
                 self._finish_ready()
@@ -168,7 +170,9 @@ class Pipeline:
     def _submit(self, batch: Batch) -> None:
         started = time.perf_counter()
         batch.history_seq = self.writer.added.mark()
-        batch.stored_history = retrying("history", self.store.read_history, batch.alerts)
+        batch.stored_history = retry_transient(
+            lambda: self.store.read_history(batch.alerts), what="history", stop=self._stop
+        )
         self._timed("history", started)
         batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
         if batch.inputs:
@@ -214,7 +218,7 @@ class Pipeline:
         assert batch.written is not None
         written = batch.written.result()  # re-raises what the writer could not handle
         started = time.perf_counter()
-        retrying("commit", self.consumer.commit, batch.offsets)
+        retry_transient(lambda: self.consumer.commit(batch.offsets), what="commit", stop=self._stop)
         self._timed("commit", started)
         self._count(written.alerts, written.results, written.rejections)
         STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)

@@ -21,7 +21,7 @@ from typing import Any
 import requests
 from fastavro.schema import load_schema
 
-from broker.errors import BadAlert, TransientError
+from broker.errors import BadAlert, TransientError, retry_transient
 from broker.records import RejectReason
 from broker.settings import SchemaSettings
 
@@ -152,31 +152,38 @@ class SchemaRegistry:
 
     def _fetch(self, schema_id: int) -> dict[str, Any]:
         url = f"{self.url}/schemas/ids/{schema_id}"
+        try:
+            response = retry_transient(
+                lambda: self._get(url, schema_id),
+                what=f"schema registry {url}",
+                attempts=self._retries,
+                first_delay=self._backoff_s,
+                max_delay=10.0,
+            )
+        except TransientError as exc:
+            raise TransientError(
+                f"schema registry {url} unreachable after {self._retries} attempts ({exc})"
+            ) from exc
+        if response.status_code != 200:
+            raise TransientError(
+                f"schema registry {url} answered HTTP {response.status_code}: "
+                f"{response.text[:200]} (check schemas.lsst_registry_url and its access)"
+            )
+        return self._parse_response(schema_id, response)
+
+    def _get(self, url: str, schema_id: int) -> requests.Response:
+        """One request; TransientError for what a retry may cure (timeouts, 408/429/5xx)."""
         if self._session is None:
             self._session = requests.Session()
-        last_error = ""
-        for attempt in range(self._retries):
-            if attempt:
-                time.sleep(min(self._backoff_s * 2 ** (attempt - 1), 10.0))
-            try:
-                response = self._session.get(url, timeout=self._timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code == 404:
-                raise BadAlert(RejectReason.UNKNOWN_SCHEMA, self._unknown_detail(schema_id))
-            if response.status_code in _TRANSIENT_STATUS:
-                last_error = f"HTTP {response.status_code}"
-                continue
-            if response.status_code != 200:
-                raise TransientError(
-                    f"schema registry {url} answered HTTP {response.status_code}: "
-                    f"{response.text[:200]} (check schemas.lsst_registry_url and its access)"
-                )
-            return self._parse_response(schema_id, response)
-        raise TransientError(
-            f"schema registry {url} unreachable after {self._retries} attempts ({last_error})"
-        )
+        try:
+            response = self._session.get(url, timeout=self._timeout_s)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            raise BadAlert(RejectReason.UNKNOWN_SCHEMA, self._unknown_detail(schema_id))
+        if response.status_code in _TRANSIENT_STATUS:
+            raise TransientError(f"HTTP {response.status_code}")
+        return response
 
     def _parse_response(self, schema_id: int, response: requests.Response) -> dict[str, Any]:
         try:

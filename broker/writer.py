@@ -14,16 +14,16 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
-from broker.errors import TransientError
+from broker.errors import retry_transient
 from broker.publish import Publisher
 from broker.records import Alert, AlertResult, Rejection
 from broker.store import AlertDocument, Store, object_key
 
 log = logging.getLogger(__name__)
 
-RETRY_BACKOFF_MAX = 30.0
+T = TypeVar("T")
 
 
 class FilterRunner(Protocol):
@@ -109,6 +109,8 @@ class Writer:
         self.filters = filters
         self.filter_topic = filter_topic
         self.added = AddedPoints()
+        # Set by the main loop when it runs: a stage failing after that is not retried.
+        self.stop = threading.Event()
         self._timed = timed  # seconds per stage, into the run's figures and metrics
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightjar-writer")
 
@@ -123,14 +125,20 @@ class Writer:
         """On the writer thread: store, filter and publish; the main thread then commits."""
         alerts, kept, source_ts, rejections = split_results(batch, results)
         started = time.perf_counter()
-        docs: list[AlertDocument] = retrying("store", self._store, alerts, kept, batch, rejections)
+        docs = self._retrying("store", lambda: self._store(alerts, kept, batch, rejections))
         self._timed("store", time.perf_counter() - started)
         started = time.perf_counter()
-        matches = retrying("filter", self._filter, docs)
-        retrying("publish", self._publish, alerts, kept, source_ts, rejections, matches)
+        matches = self._retrying("filter", lambda: self._filter(docs))
+        self._retrying(
+            "publish", lambda: self._publish(alerts, kept, source_ts, rejections, matches)
+        )
         # Filter matching is counted in the publish stage, as it always was (one metric label).
         self._timed("publish", time.perf_counter() - started)
         return Written(alerts, kept, rejections)
+
+    def _retrying(self, stage: str, call: Callable[[], T]) -> T:
+        # Until it works, or the broker stops: the batch stays uncommitted either way.
+        return retry_transient(call, what=stage, stop=self.stop)
 
     def _store(
         self,
@@ -199,15 +207,3 @@ def split_results(
                       alert.object_id)
         )  # fmt: skip
     return alerts, kept, source_ts, rejections
-
-
-def retrying(stage: str, func: Any, *args: Any) -> Any:
-    """Retry a stage on TransientError with capped backoff; the batch stays uncommitted."""
-    delay = 0.5
-    while True:
-        try:
-            return func(*args)
-        except TransientError as exc:
-            log.warning("%s failed (%s): retrying in %.1f s", stage, exc, delay)
-            time.sleep(delay)
-            delay = min(delay * 2, RETRY_BACKOFF_MAX)
