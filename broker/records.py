@@ -55,7 +55,7 @@ class Alert:
     survey field names; `history` the packet's earlier detections and limits
     (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`), oldest first.
     `packet` is the whole decoded record (cutouts included, the same bytes objects);
-    `schema_key` names the writer schema in `broker.decode` (see `writer_schema`).
+    `schema_key` names the writer schema in `broker.schema_registry.WriterSchemas`.
     """
 
     survey: Survey
