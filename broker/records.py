@@ -145,6 +145,18 @@ class AlertResult:
 
 
 @dataclass(frozen=True, slots=True)
+class PhotPoint:
+    """One photometry row in SkyPortal's flux convention (microjansky, AB zero point 23.9)."""
+
+    mjd: float
+    filter: str
+    flux: float | None  # None: a non-detection (upper limit)
+    fluxerr: float
+    ra: float | None = None
+    dec: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FilterMatch:
     """One stored alert that passed one filter: sent to the filter's topic, posted to Fritz."""
 

@@ -24,6 +24,7 @@ from broker import __version__, history
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Rejection
 from broker.settings import Settings
+from broker.surveys import tables
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +33,6 @@ DUPLICATE_KEY = 11000
 # command until the command ends: 100 updates in one bulk_write never finish and stall the
 # whole server. Smaller commands cost nothing on MongoDB.
 UPDATES_PER_COMMAND = 50
-# Top-level packet fields that are histories: kept as light-curve points on the object,
-# not copied into every alert document (they repeat from one alert to the next).
-HISTORY_FIELDS = frozenset(
-    {"prv_candidates", "fp_hists", "prvDiaSources", "prvDiaForcedSources",
-     "prvDiaNondetectionLimits"}
-)  # fmt: skip
 
 
 class AlertDocument(TypedDict):
@@ -187,10 +182,13 @@ def history_filter(keys: Sequence[str]) -> dict[str, Any]:
 
 
 def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDocument:
+    # The survey's histories are kept as light-curve points on the object, not copied into
+    # every alert document (they repeat from one alert to the next).
+    histories = tables(alert.survey).history_fields
     packet = {
         name: history.clean(value)
         for name, value in alert.packet.items()
-        if name not in HISTORY_FIELDS and not _is_cutout(value) and value is not alert.candidate
+        if name not in histories and not _is_cutout(value) and value is not alert.candidate
     }
     return AlertDocument(
         _id=alert.key,

@@ -16,7 +16,8 @@ from broker.decode import Decoder
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Annotation, ModelSkip, Origin, Rejection
 from broker.settings import SchemaSettings
-from broker.store import HISTORY_FIELDS, Store, history_filter, object_key
+from broker.store import Store, history_filter, object_key
+from broker.surveys import tables
 from broker.tools.simulate import simulate
 
 Db = Database[dict[str, Any]]
@@ -73,7 +74,7 @@ def test_alert_documents_are_written_once_with_what_users_read(
             alert.object_id,
         )
         assert doc["candidate"] == history.clean(dict(alert.candidate))
-        assert not HISTORY_FIELDS & set(doc["packet"])
+        assert not tables(doc["survey"]).history_fields & set(doc["packet"])
         assert "candidate" not in doc["packet"] and "cutoutScience" not in doc["packet"]
         assert doc["cutouts"]["science"] == alert.cutouts.science
         assert doc["annotations"] == {
