@@ -20,6 +20,7 @@ from broker.health import Health
 from broker.kafka_config import client_config, producer_config
 from broker.pipeline import Pipeline, RunStats
 from broker.publish import Publisher
+from broker.schema_registry import WriterSchemas
 from broker.settings import Settings, masked
 from broker.store import Store, connect
 
@@ -56,10 +57,14 @@ def build(
         store = Store(db)
         store.ensure_indexes()
         resources.callback(db.client.close)
-        decoder = Decoder(settings.schemas, settings.kafka.max_message_bytes)
+        # Decode fills it with each writer schema it meets; publish re-encodes with them.
+        writer_schemas = WriterSchemas()
+        decoder = Decoder(
+            settings.schemas, settings.kafka.max_message_bytes, writer_schemas=writer_schemas
+        )
         publisher = Publisher(
             producer_config(settings),
-            decoder,
+            writer_schemas,
             settings.kafka.output_topic,
             settings.kafka.dead_letter_topic,
         )

@@ -2,13 +2,28 @@
 
 NightjarError              base of everything Nightjar raises on purpose
 ├── ConfigError            bad configuration; the CLI exits 2 naming the field
+│   └── QueryError         a filter query broker.query cannot evaluate (also a ValueError,
+│                          so the settings model reports it under the filter's field)
 ├── BadAlert               one message cannot become an Alert; carries a reason code.
 │                          The pipeline dead-letters it and goes on.
 ├── TransientError         a service hiccup worth retrying (timeouts, 5xx, broker down)
 └── ServiceError           a local service (Kafka, FerretDB) failed to start or stop
+
+`retry_transient` is the one retry loop: it retries TransientError alone, with capped
+exponential backoff, and stops waiting as soon as its `stop` event is set.
 """
 
 from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class NightjarError(Exception):
@@ -17,6 +32,10 @@ class NightjarError(Exception):
 
 class ConfigError(NightjarError):
     """Invalid or missing configuration; the message names the field."""
+
+
+class QueryError(ConfigError, ValueError):
+    """A filter query refused by the compiler; names the filter and the operator or path."""
 
 
 class BadAlert(NightjarError):
@@ -38,3 +57,38 @@ class TransientError(NightjarError):
 
 class ServiceError(NightjarError):
     """A local service could not be built, started or stopped."""
+
+
+def retry_transient(
+    call: Callable[[], T],
+    *,
+    what: str,
+    attempts: int | None = None,
+    first_delay: float = 0.5,
+    max_delay: float = 30.0,
+    stop: threading.Event | None = None,
+) -> T:
+    """`call()`, called again after each TransientError with a doubling delay up to `max_delay`.
+
+    Re-raises the last TransientError after `attempts` calls (None: until it succeeds), or
+    once `stop` is set (checked before and during each wait, so shutdown is not delayed by a
+    service that stays down). Any other exception is raised at once: retrying will not help.
+    """
+    delay = first_delay
+    made = 0
+    while True:
+        made += 1
+        try:
+            return call()
+        except TransientError as exc:
+            if attempts is not None and made >= attempts:
+                raise
+            if stop is not None and stop.is_set():
+                log.warning("%s failed (%s): stopping, so not retrying", what, exc)
+                raise
+            log.warning("%s failed (%s): attempt %d, retrying in %.1f s", what, exc, made, delay)
+            if stop is None:
+                time.sleep(delay)
+            elif stop.wait(delay):
+                raise
+            delay = min(delay * 2, max_delay)

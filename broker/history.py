@@ -12,48 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from broker.records import Alert
-
-# Fields kept per point, per survey (survey spellings, as in the packet).
-POINT_FIELDS: dict[str, tuple[str, ...]] = {
-    "ztf": (
-        "candid",
-        "jd",
-        "fid",
-        "pid",
-        "programid",
-        "isdiffpos",
-        "magpsf",
-        "sigmapsf",
-        "diffmaglim",
-        "ra",
-        "dec",
-        "magzpsci",
-        "magzpsciunc",
-        "rb",
-        "drb",
-        "field",
-        "rcid",
-    ),
-    "lsst": (
-        "diaSourceId",
-        "midpointMjdTai",
-        "band",
-        "filterName",
-        "psfFlux",
-        "psfFluxErr",
-        "ra",
-        "dec",
-        "snr",
-        "reliability",
-        "isDipole",
-        "visit",
-        "detector",
-    ),
-}
-# The field that orders points in time, per survey.
-TIME_FIELD = {"ztf": "jd", "lsst": "midpointMjdTai"}
-ID_FIELD = {"ztf": "candid", "lsst": "diaSourceId"}
-BAND_FIELD = {"ztf": "fid", "lsst": "band"}
+from broker.surveys import tables
 
 
 def clean_value(value: Any) -> Any:
@@ -76,14 +35,14 @@ def clean(value: Any) -> Any:
 
 def point(survey: str, entry: Mapping[str, Any]) -> dict[str, Any]:
     """The compact light-curve point of one detection or upper limit: the survey's fields
-    that have a value (null, NaN and infinities are left out), in POINT_FIELDS order.
+    that have a value (null, NaN and infinities are left out), in `point_fields` order.
 
     An upper limit has no magnitude, position or scores; stored as nulls they would still
     cost their space in every update of the object (FerretDB keeps a type entry beside each
     field of each point, and re-encodes the whole light curve per update). Readers use
     .get(): a missing field reads as None, and a MongoDB query on it behaves as on null.
     """
-    values = ((name, clean_value(entry.get(name))) for name in POINT_FIELDS[survey])
+    values = ((name, clean_value(entry.get(name))) for name in tables(survey).point_fields)
     return {name: value for name, value in values if value is not None}
 
 
@@ -95,10 +54,11 @@ def alert_points(alert: Alert) -> list[dict[str, Any]]:
 
 def point_key(survey: str, entry: Mapping[str, Any]) -> tuple[Any, ...]:
     """Identity of a point: its detection id, else (time, band) for upper limits."""
-    ident = entry.get(ID_FIELD[survey])
+    fields = tables(survey)
+    ident = entry.get(fields.id_field)
     if ident is not None:
         return ("id", ident)
-    return ("t", entry.get(TIME_FIELD[survey]), entry.get(BAND_FIELD[survey]))
+    return ("t", entry.get(fields.time_field), entry.get(fields.band_field))
 
 
 def merge(
@@ -117,7 +77,7 @@ def merge(
         merged[point_key(survey, entry)] = entry
     if exclude_id is not None:
         merged.pop(("id", exclude_id), None)
-    time_field = TIME_FIELD[survey]
+    time_field = tables(survey).time_field
     return tuple(sorted(merged.values(), key=lambda e: _time(e.get(time_field))))
 
 

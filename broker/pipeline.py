@@ -1,7 +1,7 @@
 """The main loop: poll -> decode -> history -> dispatch -> store -> filter -> publish -> commit.
 
 Batches are scored on Dask while the next ones are read, and stored and published by one
-writer thread while later ones are scored and read: the main thread never waits on
+writer thread (broker.writer) while later ones are scored and read: the main thread never waits on
 MongoDB. Batches go to the writer, and have their offsets committed (by the main thread,
 which owns the consumer), strictly in the order they were read, so a commit never skips
 an unfinished batch. At most `dispatch.max_in_flight` batches are out (scoring or being
@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 from confluent_kafka import Message
 
@@ -25,7 +25,7 @@ from broker import history
 from broker.consume import AlertConsumer, Offsets
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
-from broker.errors import BadAlert, TransientError
+from broker.errors import BadAlert, retry_transient
 from broker.health import Health
 from broker.metrics import (
     ANNOTATIONS,
@@ -39,16 +39,12 @@ from broker.metrics import (
 )
 from broker.publish import Publisher
 from broker.records import Alert, AlertResult, Origin, Rejection, ScoringInput
-from broker.store import AlertDocument, Store, object_key
+from broker.store import Store, object_key
+from broker.writer import FilterRunner, Writer, Written
 
 log = logging.getLogger(__name__)
 
 WORKER_ATTEMPTS = 3
-RETRY_BACKOFF_MAX = 30.0
-
-
-class FilterRunner(Protocol):
-    def run(self, docs: Sequence[Mapping[str, Any]]) -> Sequence[Any]: ...
 
 
 @dataclass
@@ -74,55 +70,6 @@ class Batch:
         return len(self.alerts) + len(self.rejections)
 
 
-@dataclass(frozen=True, slots=True)
-class Written:
-    """What the writer stored and published for one batch (counted at commit)."""
-
-    alerts: list[Alert]
-    results: list[AlertResult]
-    rejections: list[Rejection]
-
-
-class AddedPoints:
-    """Light-curve points stored by each finished batch, numbered, for batches in flight.
-
-    A batch records the number reached before it reads its history; when it is stored,
-    the points stored since then (by batches that were in flight with it) are added to
-    what it read. Thread-safe: the writer adds, the main thread records and trims.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seq = 0
-        self._log: deque[tuple[int, Mapping[str, list[dict[str, Any]]]]] = deque()
-
-    def mark(self) -> int:
-        with self._lock:
-            return self._seq
-
-    def add(self, added: Mapping[str, list[dict[str, Any]]]) -> None:
-        with self._lock:
-            self._seq += 1
-            if added:
-                self._log.append((self._seq, added))
-
-    def since(self, seq: int, keys: set[str]) -> dict[str, list[dict[str, Any]]]:
-        """Points of `keys` stored after mark `seq`."""
-        found: dict[str, list[dict[str, Any]]] = {}
-        with self._lock:
-            entries = [added for number, added in self._log if number > seq]
-        for added in entries:
-            for key in keys & added.keys():
-                found.setdefault(key, []).extend(added[key])
-        return found
-
-    def trim(self, oldest_seq: int | None) -> None:
-        """Forget entries no batch still needs (marks below the oldest one in flight)."""
-        with self._lock:
-            while self._log and (oldest_seq is None or self._log[0][0] <= oldest_seq):
-                self._log.popleft()
-
-
 @dataclass
 class RunStats:
     messages: int = 0
@@ -144,30 +91,28 @@ class Pipeline:
         batch_seconds: float,
         max_in_flight: int,
         filters: FilterRunner | None = None,
-        filter_topic: Any = None,
+        filter_topic: Callable[[str], str] | None = None,
         health: Health | None = None,
     ) -> None:
         self.decoder = decoder
         self.dispatcher = dispatcher
         self.store = store
-        self.publisher = publisher
         self.batch_size = batch_size
         self.batch_seconds = batch_seconds
         self.max_in_flight = max_in_flight
-        self.filters = filters
-        self.filter_topic = filter_topic
         self.health = health or Health()
         self.in_flight: deque[Batch] = deque()
         self.stats = RunStats()
-        self.added = AddedPoints()
         self._stats_lock = threading.Lock()
+        self._stop = threading.Event()  # run()'s: a stage failing once it is set is not retried
         # One thread: batches are stored and published in the order they were read.
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nightjar-writer")
+        self.writer = Writer(store, publisher, self._add, filters, filter_topic)
         self.consumer: AlertConsumer = consumer_factory(self._on_revoke)
 
     def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> RunStats:
         """Process until `stop` is set, or the topics stay empty for `exit_when_idle` s."""
         last_message = time.monotonic()
+        self.writer.stop = self._stop = stop
         try:
             while not stop.is_set():
                 self.health.tick()
@@ -188,7 +133,7 @@ class Pipeline:
         finally:
             # After an error, batches still with the writer finish (uncommitted: a restart
             # reads them again, and every write is idempotent).
-            self.writer.shutdown(wait=True)
+            self.writer.shutdown()
             self.consumer.close()
         return self.stats
 
@@ -229,8 +174,10 @@ class Pipeline:
 
     def _submit(self, batch: Batch) -> None:
         started = time.perf_counter()
-        batch.history_seq = self.added.mark()
-        batch.stored_history = self._retrying("history", self.store.read_history, batch.alerts)
+        batch.history_seq = self.writer.added.mark()
+        batch.stored_history = retry_transient(
+            lambda: self.store.read_history(batch.alerts), what="history", stop=self._stop
+        )
         self._timed("history", started)
         batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
         if batch.inputs:
@@ -268,7 +215,7 @@ class Pipeline:
     def _hand_to_writer(self, batch: Batch, timeout: float | None) -> None:
         results = self._results(batch, timeout)
         if results is not None:
-            batch.written = self.writer.submit(self._write, batch, results)
+            batch.written = self.writer.submit(batch, results)
 
     def _commit_oldest(self) -> None:
         """Commit the oldest batch's offsets once written: only the main thread commits."""
@@ -276,7 +223,7 @@ class Pipeline:
         assert batch.written is not None
         written = batch.written.result()  # re-raises what the writer could not handle
         started = time.perf_counter()
-        self._retrying("commit", self.consumer.commit, batch.offsets)
+        retry_transient(lambda: self.consumer.commit(batch.offsets), what="commit", stop=self._stop)
         self._timed("commit", started)
         self._count(written.alerts, written.results, written.rejections)
         STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)
@@ -286,7 +233,7 @@ class Pipeline:
             time.monotonic() - batch.read_at,
         )  # fmt: skip
         self.in_flight.popleft()
-        self.added.trim(self.in_flight[0].history_seq if self.in_flight else None)
+        self.writer.added.trim(self.in_flight[0].history_seq if self.in_flight else None)
         IN_FLIGHT.set(len(self.in_flight))
 
     def _results(self, batch: Batch, timeout: float | None) -> list[AlertResult] | None:
@@ -313,62 +260,6 @@ class Pipeline:
             return [AlertResult(i.candid, skipped=(), rejected=None) for i in batch.inputs]
         return results
 
-    # -- finishing ------------------------------------------------------------
-
-    def _write(self, batch: Batch, results: list[AlertResult]) -> Written:
-        """On the writer thread: store, filter and publish; the main thread then commits."""
-        alerts, kept, source_ts, rejections = split_results(batch, results)
-        started = time.perf_counter()
-        docs: list[AlertDocument] = self._retrying(
-            "store", self._store, alerts, kept, batch, rejections
-        )
-        self._timed("store", started)
-        started = time.perf_counter()
-        self._retrying("publish", self._publish, alerts, kept, source_ts, rejections, docs)
-        self._timed("publish", started)
-        return Written(alerts, kept, rejections)
-
-    def _store(
-        self,
-        alerts: list[Alert],
-        results: list[AlertResult],
-        batch: Batch,
-        rejections: list[Rejection],
-    ) -> list[AlertDocument]:
-        # What was stored when the batch read its history, plus what the batches stored
-        # since then added: no second read. A detection's candidate and history points
-        # differ, so $addToSet alone would keep both.
-        keys = {object_key(a.survey, a.object_id) for a in alerts}
-        stored = dict(batch.stored_history)  # the batch's own copy stays as read (retries)
-        for key, points in self.added.since(batch.history_seq, keys).items():
-            stored[key] = [*stored.get(key, ()), *points]
-        docs = self.store.write(alerts, results, stored)
-        for stage, seconds in self.store.timings.items():
-            self._add(stage, seconds)
-        self.added.add(self.store.added)
-        self.store.write_rejections(rejections)
-        return docs
-
-    def _publish(
-        self,
-        alerts: list[Alert],
-        results: list[AlertResult],
-        source_ts: list[int | None],
-        rejections: list[Rejection],
-        docs: list[AlertDocument],
-    ) -> None:
-        encoded = self.publisher.publish(alerts, results, source_ts)
-        if self.filters is not None and docs:
-            # The documents just stored, matched in-process: no read back from MongoDB.
-            for match in self.filters.run(docs):
-                self.publisher.send_to(
-                    self.filter_topic(match.filter),
-                    encoded[match.alert_id],
-                    match.object_id.encode(),
-                )
-        self.publisher.dead_letter(rejections)
-        self.publisher.flush()
-
     def _count(
         self, alerts: list[Alert], results: list[AlertResult], rejections: list[Rejection]
     ) -> None:
@@ -384,17 +275,6 @@ class Pipeline:
                 MODEL_SKIPS.labels(skip.model, skip.reason[:40]).inc()
         for rejection in rejections:
             REJECTED.labels(rejection.survey or "unknown", rejection.reason).inc()
-
-    def _retrying(self, stage: str, func: Any, *args: Any) -> Any:
-        """Retry a stage on TransientError with capped backoff; the batch stays uncommitted."""
-        delay = 0.5
-        while True:
-            try:
-                return func(*args)
-            except TransientError as exc:
-                log.warning("%s failed (%s): retrying in %.1f s", stage, exc, delay)
-                time.sleep(delay)
-                delay = min(delay * 2, RETRY_BACKOFF_MAX)
 
     def _timed(self, stage: str, started: float) -> None:
         self._add(stage, time.perf_counter() - started)
@@ -430,30 +310,6 @@ def scoring_input(alert: Alert, stored: dict[str, list[dict[str, Any]]]) -> Scor
         cutouts=alert.cutouts,
         schema_version=alert.schema_version,
     )
-
-
-def split_results(
-    batch: Batch, results: list[AlertResult]
-) -> tuple[list[Alert], list[AlertResult], list[int | None], list[Rejection]]:
-    """Alerts to store with their results and source timestamps, and every rejection."""
-    if len(results) != len(batch.alerts):
-        raise RuntimeError(f"workers returned {len(results)} results for {len(batch.alerts)}")
-    alerts: list[Alert] = []
-    kept: list[AlertResult] = []
-    source_ts: list[int | None] = []
-    rejections = list(batch.rejections)
-    for alert, result, ts in zip(batch.alerts, results, batch.source_ts, strict=True):
-        if result.rejected is None:
-            alerts.append(alert)
-            kept.append(result)
-            source_ts.append(ts)
-            continue
-        reason, detail = result.rejected
-        rejections.append(
-            Rejection(reason, detail, alert.raw, alert.origin, alert.survey, alert.candid,
-                      alert.object_id)
-        )  # fmt: skip
-    return alerts, kept, source_ts, rejections
 
 
 def _done(batch: Batch) -> bool:

@@ -19,10 +19,11 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from broker import __version__
 from broker.avro_container import ContainerWriter, clean_schema
-from broker.decode import Decoder, record_body
+from broker.decode import record_body
 from broker.errors import TransientError
 from broker.metrics import OUTPUT_LATENCY, PUBLISHED
 from broker.records import Alert, AlertResult, Rejection
+from broker.schema_registry import WriterSchemas
 
 log = logging.getLogger(__name__)
 
@@ -58,12 +59,12 @@ class Publisher:
     def __init__(
         self,
         producer_config: Mapping[str, Any],
-        decoder: Decoder,
+        writer_schemas: WriterSchemas,
         output_topic: str,
         dead_letter_topic: str,
     ) -> None:
         self._producer = Producer(dict(producer_config))
-        self._decoder = decoder
+        self._writer_schemas = writer_schemas  # filled by the decoder of the same broker
         self._output_topic = output_topic  # a template with {survey}
         self._dead_letter_topic = dead_letter_topic
         self._annotations_schema = load_annotations_schema()
@@ -101,7 +102,7 @@ class Publisher:
         writer = self._writers.get(alert.schema_key)
         if writer is None:
             writer = ContainerWriter(
-                clean_schema(self._decoder.writer_schema(alert.schema_key)),
+                clean_schema(self._writer_schemas.parsed(alert.schema_key)),
                 ANNOTATIONS_FIELD,
                 self._annotations_schema,
             )

@@ -1,8 +1,9 @@
-"""Filter queries evaluated in-process, with MongoDB's matching semantics.
+"""Filter queries checked and evaluated in-process, with MongoDB's matching semantics.
 
-Stage: used by the filter stage (broker.filters), which compiles each configured query once.
-Input: a query in the operator set broker.filters allows, then documents as the store builds
-them. Output: `Matcher.matches(doc)`, the answer MongoDB's `find` gives for that document.
+Stage: used by the settings (to refuse a bad filter at start-up) and the filter stage
+(broker.filters), which compiles each configured query once. Input: a query, then documents
+as the store builds them. Output: `Matcher.matches(doc)`, the answer MongoDB's `find` gives
+for that document; or QueryError naming the filter and the operator, path or value refused.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from datetime import datetime
 from typing import Any, Final
 
 from bson import Decimal128, Int64, ObjectId, Regex, Timestamp
+
+from broker.errors import QueryError
 
 # How a path is resolved (MongoDB's ElementPath, src/mongo/db/matcher/path.cpp):
 # - sub-documents are followed; a missing field, or a scalar where the path goes on, yields
@@ -40,7 +43,15 @@ class _Missing:
 
 
 MISSING: Final = _Missing()
+# The operators evaluated here ($expr, $where, $text and the geo operators are not wanted in
+# config; FerretDB 1.24 lacks most of them too).
 LOGICAL = frozenset({"$and", "$or", "$nor"})
+FIELD_OPERATORS = frozenset(
+    {
+        "$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin", "$all", "$exists",
+        "$type", "$size", "$mod", "$regex", "$options", "$not", "$elemMatch",
+    }
+)  # fmt: skip
 _ARRAY = (list, tuple)
 _NUMBER = (int, float)
 _INT32 = range(-(2**31), 2**31)
@@ -70,44 +81,61 @@ class Matcher:
         return f"Matcher({self.query!r})"
 
 
-def compile_query(query: Mapping[str, Any]) -> Matcher:
-    """Compile once, match many times. Raises ValueError naming what it cannot evaluate."""
-    return Matcher(query, _document(query, "query"))
+def compile_query(
+    query: Mapping[str, Any], *, name: str | None = None, fields: frozenset[str] | None = None
+) -> Matcher:
+    """Compile once, match many times.
+
+    `fields`, when given, are the only top-level fields the query may name (for a filter:
+    `broker.records.ALERT_FIELDS`); `name` is the filter's, put in front of every error.
+    Raises QueryError naming the first operator, path or value it cannot evaluate.
+    """
+    where = f"filter {name!r}: query" if name is not None else "query"
+    return Matcher(query, _document(query, where, fields))
 
 
 # -- documents, logical operators and field conditions ----------------------------------
 
 
-def _document(query: Any, where: str) -> Predicate:
+def _document(query: Any, where: str, fields: frozenset[str] | None = None) -> Predicate:
+    """A query document; `fields` limits its top-level paths (None: a relative query)."""
     if not isinstance(query, Mapping) or not query:
-        raise ValueError(f"{where} must be a non-empty mapping of field paths to conditions")
+        raise QueryError(f"{where} must be a non-empty mapping of field paths to conditions")
     predicates: list[Predicate] = []
     for key, value in query.items():
         if not isinstance(key, str):
-            raise ValueError(f"{where}: key {key!r} is not a string")
+            raise QueryError(f"{where}: key {key!r} is not a string")
         if key.startswith("$"):
-            predicates.append(_logical(key, value, f"{where}.{key}"))
+            predicates.append(_logical(key, value, where, fields))
         else:
-            predicates.append(_field(_split(key, where), value, f"{where}.{key}"))
+            parts = _split(key, where, fields)
+            predicates.append(_field(parts, value, f"{where}.{key}"))
     return _all(predicates)
 
 
-def _logical(op: str, value: Any, where: str) -> Predicate:
+def _logical(op: str, value: Any, where: str, fields: frozenset[str] | None) -> Predicate:
     if op not in LOGICAL:
-        raise ValueError(f"{where}: operator {op} is not supported here ($and, $or, $nor)")
+        allowed = ", ".join(sorted(LOGICAL))
+        raise QueryError(
+            f"{where}: operator {op} is not supported here: {op} is not allowed (use {allowed})"
+        )
+    where = f"{where}.{op}"
     if not isinstance(value, list) or not value:
-        raise ValueError(f"{where} must be a non-empty list of conditions")
-    branches = [_document(sub, f"{where}[{index}]") for index, sub in enumerate(value)]
+        raise QueryError(f"{where} must be a non-empty list of conditions")
+    branches = [_document(sub, f"{where}[{i}]", fields) for i, sub in enumerate(value)]
     if op == "$and":
         return _all(branches)
     either = _any(branches)
     return either if op == "$or" else _negate(either)
 
 
-def _split(path: str, where: str) -> tuple[str, ...]:
+def _split(path: str, where: str, fields: frozenset[str] | None) -> tuple[str, ...]:
     parts = tuple(path.split("."))
     if any(not part or part.startswith("$") for part in parts):
-        raise ValueError(f"{where}: {path!r} is not a valid field path")
+        raise QueryError(f"{where}: {path!r} is not a valid field path")
+    if fields is not None and parts[0] not in fields:
+        known = ", ".join(sorted(fields))
+        raise QueryError(f"{where}: {path!r} is not a field of the alert document ({known})")
     return parts
 
 
@@ -123,9 +151,12 @@ def _operators(condition: Any, where: str) -> list[tuple[str, Any]] | None:
     if not isinstance(condition, Mapping) or not any(str(k).startswith("$") for k in condition):
         return None
     if not all(str(key).startswith("$") for key in condition):
-        raise ValueError(f"{where}: do not mix operators and field names in one mapping")
+        raise QueryError(f"{where}: do not mix operators and field names in one mapping")
     if "$options" in condition and "$regex" not in condition:
-        raise ValueError(f"{where}.$options needs a $regex beside it")
+        raise QueryError(
+            f"{where}.$options needs a $regex beside it "
+            "($options must be letters of 'imsx' next to a $regex)"
+        )
     # $options is read by its $regex, not a condition of its own.
     return [(op, arg) for op, arg in condition.items() if op != "$options"]
 
@@ -161,38 +192,26 @@ def _element_operator(op: str, arg: Any, siblings: Mapping[str, Any], where: str
 def _not_operators(arg: Any, where: str) -> list[tuple[str, Any]]:
     operators = _operators(arg, where)
     if not operators:
-        raise ValueError(f"{where} needs a mapping of operators, e.g. {{$gte: 0.5}}")
+        raise QueryError(f"{where} needs a mapping of operators, e.g. {{$gte: 0.5}}")
     return operators
 
 
 def _positive(op: str, arg: Any, siblings: Mapping[str, Any], where: str) -> tuple[Test, bool]:
     """The single-value test behind an operator, and whether the operator negates it."""
-    if op == "$eq":
-        return _eq(arg, where), False
-    if op == "$ne":
-        return _eq(arg, where), True
-    if op == "$in":
-        return _in(_list(arg, where), where), False
-    if op == "$nin":
-        return _in(_list(arg, where), where), True
     if op == "$exists":
         if not isinstance(arg, bool):
-            raise ValueError(f"{where} needs true or false, not {arg!r}")
+            raise QueryError(f"{where} needs true or false, not {arg!r}")
         return _exists, not arg
     if op in _ORDER:
         return _order(_ORDER[op], arg, where), False
     if op == "$regex":
         return _regex(arg, siblings.get("$options", ""), where), False
-    if op == "$elemMatch":
-        return _elem_match(arg, where), False
-    builders: dict[str, Callable[[Any, str], Test]] = {
-        "$type": _type,
-        "$size": _size,
-        "$mod": _mod,
-    }
-    if op not in builders:
-        raise ValueError(f"{where}: operator {op} is not supported")
-    return builders[op](arg, where), False
+    positive = _NEGATIONS.get(op, op)
+    builder = _BUILDERS.get(positive)
+    if builder is None:
+        allowed = ", ".join(sorted(FIELD_OPERATORS))
+        raise QueryError(f"{where}: operator {op} is not supported (allowed: {allowed})")
+    return builder(arg, where), positive != op
 
 
 # -- path resolution --------------------------------------------------------------------
@@ -316,7 +335,8 @@ def _eq(literal: Any, where: str) -> Test:
     return lambda value: isinstance(value, _ARRAY) and _equal(value, literal)
 
 
-def _in(items: list[Any], where: str) -> Test:
+def _in(arg: Any, where: str) -> Test:
+    items = _list(arg, where)
     for index, item in enumerate(items):
         _check_literal(item, f"{where}[{index}]")
     has_null = any(item is None for item in items)
@@ -355,14 +375,16 @@ def _order(compare: Callable[[Any, Any], bool], bound: Any, where: str) -> Test:
     if isinstance(bound, datetime):
         millis = _millis(bound)
         return lambda value: isinstance(value, datetime) and compare(_millis(value), millis)
-    raise ValueError(f"{where} needs a number, string or date, not {bound!r}")
+    raise QueryError(f"{where} needs a number, string or date, not {bound!r}")
 
 
 def _regex(pattern: Any, options: Any, where: str) -> Test:
     if not isinstance(pattern, str) or "\0" in pattern:
-        raise ValueError(f"{where} needs a string pattern without NUL bytes, not {pattern!r}")
+        raise QueryError(f"{where} needs a string pattern without NUL bytes, not {pattern!r}")
     if not isinstance(options, str) or set(options) - set(_REGEX_FLAGS):
-        raise ValueError(f"{where}: $options must be letters of 'imsx', not {options!r}")
+        raise QueryError(
+            f"{where}: $options must be letters of 'imsx' next to a $regex, not {options!r}"
+        )
     # Python's re stands in for MongoDB's PCRE: patterns PCRE alone knows (\z, (?<name>...))
     # are refused here, at start-up; \d and \w also match non-ASCII digits and letters.
     flags = 0
@@ -371,13 +393,13 @@ def _regex(pattern: Any, options: Any, where: str) -> Test:
     try:
         search = re.compile(pattern, flags).search
     except re.error as exc:
-        raise ValueError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from exc
+        raise QueryError(f"{where}: {pattern!r} is not a valid regular expression: {exc}") from exc
     return lambda value: isinstance(value, str) and search(value) is not None
 
 
 def _elem_match(condition: Any, where: str) -> Test:
     if not isinstance(condition, Mapping) or not condition:
-        raise ValueError(f"{where} needs a mapping of conditions")
+        raise QueryError(f"{where} needs a mapping of conditions")
     operators = _operators(condition, where)
     if operators is not None and not set(condition) & LOGICAL:
         # Value form ({$gte: 1, $lt: 5}): every operator on the same element.
@@ -406,17 +428,17 @@ def _elem_match(condition: Any, where: str) -> Test:
 
 def _size(size: Any, where: str) -> Test:
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        raise ValueError(f"{where} needs a non-negative integer, not {size!r}")
+        raise QueryError(f"{where} needs a non-negative integer, not {size!r}")
     return lambda value: isinstance(value, _ARRAY) and len(value) == size
 
 
 def _mod(arg: Any, where: str) -> Test:
     valid = isinstance(arg, list) and len(arg) == 2
     if not valid or not all(isinstance(x, int) and not isinstance(x, bool) for x in arg):
-        raise ValueError(f"{where} needs [divisor, remainder] integers with divisor != 0")
+        raise QueryError(f"{where} needs [divisor, remainder] integers with divisor != 0")
     divisor, remainder = arg
     if divisor == 0:
-        raise ValueError(f"{where} needs [divisor, remainder] integers with divisor != 0")
+        raise QueryError(f"{where} needs [divisor, remainder] integers with divisor != 0")
 
     def test(value: Any) -> bool:
         if not isinstance(value, _NUMBER) or value.__class__ is bool:
@@ -437,8 +459,23 @@ def _type(name: Any, where: str) -> Test:
         name = _TYPE_CODES.get(name, name)
     if not isinstance(name, str) or name not in _TYPES:
         known = ", ".join(sorted(_TYPES))
-        raise ValueError(f"{where}: unsupported type {name!r} (one of {known} or their codes)")
+        raise QueryError(
+            f"{where}: unsupported type {name!r} (unknown type {name!r}: use one of {known} "
+            "or their codes)"
+        )
     return _TYPES[name]
+
+
+# Operators whose test is built from their argument alone; $ne and $nin negate $eq and $in.
+_BUILDERS: dict[str, Callable[[Any, str], Test]] = {
+    "$eq": _eq,
+    "$in": _in,
+    "$elemMatch": _elem_match,
+    "$size": _size,
+    "$mod": _mod,
+    "$type": _type,
+}
+_NEGATIONS = {"$ne": "$eq", "$nin": "$in"}
 
 
 def _is_int(value: Any) -> bool:
@@ -480,7 +517,7 @@ _TYPE_CODES = {1: "double", 2: "string", 3: "object", 4: "array", 5: "binData", 
 
 def _list(arg: Any, where: str) -> list[Any]:
     if not isinstance(arg, list):
-        raise ValueError(f"{where} needs a list, not {arg!r}")
+        raise QueryError(f"{where} needs a list, not {arg!r}")
     return arg
 
 
@@ -489,11 +526,14 @@ def _check_literal(value: Any, where: str) -> None:
         for index, item in enumerate(value):
             _check_literal(item, f"{where}[{index}]")
     elif isinstance(value, Mapping):
-        raise ValueError(f"{where}: matching a whole sub-document is not supported")
+        raise QueryError(
+            f"{where}: matching a whole sub-document is not supported; use dotted paths "
+            "(e.g. candidate.magpsf) with operators"
+        )
     elif isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{where}: {value!r} is not a finite number")
+        raise QueryError(f"{where}: {value!r} is not a finite number")
     elif value is not None and not isinstance(value, str | int | float | datetime):
-        raise ValueError(f"{where}: unsupported value {value!r} ({type(value).__name__})")
+        raise QueryError(f"{where}: unsupported value {value!r} ({type(value).__name__})")
 
 
 def _equal(left: Any, right: Any) -> bool:

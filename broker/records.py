@@ -55,7 +55,7 @@ class Alert:
     survey field names; `history` the packet's earlier detections and limits
     (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`), oldest first.
     `packet` is the whole decoded record (cutouts included, the same bytes objects);
-    `schema_key` names the writer schema in `broker.decode` (see `writer_schema`).
+    `schema_key` names the writer schema in `broker.schema_registry.WriterSchemas`.
     """
 
     survey: Survey
@@ -142,3 +142,40 @@ class AlertResult:
     annotations: tuple[Annotation, ...] = ()
     skipped: tuple[ModelSkip, ...] = ()
     rejected: tuple[str, str] | None = None  # (reason code, detail)
+
+
+@dataclass(frozen=True, slots=True)
+class PhotPoint:
+    """One photometry row in SkyPortal's flux convention (microjansky, AB zero point 23.9)."""
+
+    mjd: float
+    filter: str
+    flux: float | None  # None: a non-detection (upper limit)
+    fluxerr: float
+    ra: float | None = None
+    dec: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FilterMatch:
+    """One stored alert that passed one filter: sent to the filter's topic, posted to Fritz."""
+
+    filter: str
+    alert_id: str
+    candid: int
+    object_id: str
+    survey: str
+    fritz_filter_id: int
+    group_ids: tuple[int, ...]
+
+
+# Top-level fields of the stored alert document (broker.store.AlertDocument, checked equal
+# in a test): the fields a filter query may name. The light curve is not one of them: it
+# lives in `objects.lightcurve`.
+ALERT_FIELDS = frozenset(
+    {
+        "_id", "survey", "candid", "objectId", "ra", "dec", "jd", "schema_version",
+        "candidate", "packet", "cutouts", "annotations", "skipped", "broker", "ingested_at",
+        "origin",
+    }
+)  # fmt: skip

@@ -1,11 +1,13 @@
-"""Rubin/LSST writer schemas by Confluent schema id, for the decode stage.
+"""Writer schemas for the decode stage: Rubin/LSST ones by Confluent schema id, and the
+cache of every writer schema decode has met, which the publish stage re-encodes with.
 
 Input: the 4-byte id of a Confluent-framed message (100 * major + minor, e.g. 701 = v7.1).
 Output: the schema as plain JSON data, from a Confluent-compatible registry
 (`GET {url}/schemas/ids/{id}`) when one is configured, else from local .avsc files: the
 configured folder first, then every schema Rubin has released, as shipped in its
 `lsst-alert-packet` package (installed without its dependencies by `make venv` and the
-images: Nightjar reads only its .avsc files).
+images: Nightjar reads only its .avsc files). `WriterSchemas`: key -> parsed schema, filled
+by decode, read by publish (broker.app gives both the same instance).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -21,9 +24,10 @@ from typing import Any
 import requests
 from fastavro.schema import load_schema
 
-from broker.errors import BadAlert, TransientError
+from broker.errors import BadAlert, TransientError, retry_transient
 from broker.records import RejectReason
 from broker.settings import SchemaSettings
+from broker.surveys import SurveyAdapter
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +37,52 @@ SCHEMA_ROOT = REPO_ROOT / "schemas"
 # An id the registry did not know is asked again only after this long.
 UNKNOWN_ID_RETRY_S = 60.0
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# Distinct writer schemas kept parsed; a healthy stream has a handful.
+MAX_CACHED_SCHEMAS = 256
+
+
+@dataclass(frozen=True, slots=True)
+class WriterSchema:
+    """A writer schema parsed once: `parsed` feeds fastavro, `plain` is its JSON data."""
+
+    key: str  # '<record name>@<fingerprint>': stable across processes
+    name: str  # full record name, e.g. 'ztf.alert', 'lsst.v7_1.alert'
+    version: str
+    plain: dict[str, Any]
+    parsed: dict[str, Any]
+    adapter: SurveyAdapter
+
+
+class WriterSchemas:
+    """Writer schemas by key: decode adds each one it meets, publish encodes with them.
+
+    Thread-safe: decode adds on the main thread while the writer thread publishes. Bounded
+    (the oldest is dropped past MAX_CACHED_SCHEMAS): only a corrupt or hostile stream gets
+    there, and an alert is published before the hundreds of schemas that would evict its own.
+    """
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, WriterSchema] = {}
+        self._lock = threading.Lock()
+
+    def add(self, schema: WriterSchema) -> WriterSchema:
+        """The schema kept under `schema.key`: the one known already, else `schema`."""
+        with self._lock:
+            known = self._by_key.get(schema.key)
+            if known is not None:
+                return known
+            if len(self._by_key) >= MAX_CACHED_SCHEMAS:
+                del self._by_key[next(iter(self._by_key))]
+            self._by_key[schema.key] = schema
+            return schema
+
+    def parsed(self, key: str) -> dict[str, Any]:
+        """The parsed schema of a decoded alert's `schema_key` (do not mutate)."""
+        with self._lock:
+            schema = self._by_key.get(key)
+        if schema is None:
+            raise KeyError(f"schema {key!r} was not seen by this Decoder")
+        return schema.parsed
 
 
 def lsst_schema_file(root: Path, schema_id: int) -> Path:
@@ -152,31 +202,38 @@ class SchemaRegistry:
 
     def _fetch(self, schema_id: int) -> dict[str, Any]:
         url = f"{self.url}/schemas/ids/{schema_id}"
+        try:
+            response = retry_transient(
+                lambda: self._get(url, schema_id),
+                what=f"schema registry {url}",
+                attempts=self._retries,
+                first_delay=self._backoff_s,
+                max_delay=10.0,
+            )
+        except TransientError as exc:
+            raise TransientError(
+                f"schema registry {url} unreachable after {self._retries} attempts ({exc})"
+            ) from exc
+        if response.status_code != 200:
+            raise TransientError(
+                f"schema registry {url} answered HTTP {response.status_code}: "
+                f"{response.text[:200]} (check schemas.lsst_registry_url and its access)"
+            )
+        return self._parse_response(schema_id, response)
+
+    def _get(self, url: str, schema_id: int) -> requests.Response:
+        """One request; TransientError for what a retry may cure (timeouts, 408/429/5xx)."""
         if self._session is None:
             self._session = requests.Session()
-        last_error = ""
-        for attempt in range(self._retries):
-            if attempt:
-                time.sleep(min(self._backoff_s * 2 ** (attempt - 1), 10.0))
-            try:
-                response = self._session.get(url, timeout=self._timeout_s)
-            except (requests.ConnectionError, requests.Timeout) as exc:
-                last_error = f"{type(exc).__name__}: {exc}"
-                continue
-            if response.status_code == 404:
-                raise BadAlert(RejectReason.UNKNOWN_SCHEMA, self._unknown_detail(schema_id))
-            if response.status_code in _TRANSIENT_STATUS:
-                last_error = f"HTTP {response.status_code}"
-                continue
-            if response.status_code != 200:
-                raise TransientError(
-                    f"schema registry {url} answered HTTP {response.status_code}: "
-                    f"{response.text[:200]} (check schemas.lsst_registry_url and its access)"
-                )
-            return self._parse_response(schema_id, response)
-        raise TransientError(
-            f"schema registry {url} unreachable after {self._retries} attempts ({last_error})"
-        )
+        try:
+            response = self._session.get(url, timeout=self._timeout_s)
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise TransientError(f"{type(exc).__name__}: {exc}") from exc
+        if response.status_code == 404:
+            raise BadAlert(RejectReason.UNKNOWN_SCHEMA, self._unknown_detail(schema_id))
+        if response.status_code in _TRANSIENT_STATUS:
+            raise TransientError(f"HTTP {response.status_code}")
+        return response
 
     def _parse_response(self, schema_id: int, response: requests.Response) -> dict[str, Any]:
         try:

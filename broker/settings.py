@@ -25,6 +25,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from broker.errors import ConfigError
+from broker.query import compile_query
+from broker.records import ALERT_FIELDS
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "nightjar.yaml"
 
@@ -132,7 +134,7 @@ class LoggingSettings(Section):
 class FilterDefinition(Section):
     # Lower-case name: it becomes the outbox key, the annotation origin and the topic name.
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")
-    # MongoDB query language over the stored alert document (broker.filters lists the operators).
+    # MongoDB query language over the stored alert document (broker.query lists the operators).
     query: dict[str, Any]
     # The SkyPortal filter and groups the candidates are posted to.
     fritz_filter_id: int = Field(gt=0)
@@ -141,12 +143,8 @@ class FilterDefinition(Section):
 
     @model_validator(mode="after")
     def _valid_query(self) -> FilterDefinition:
-        from broker.filters import check_query  # broker.filters imports settings only for types
-
-        try:
-            check_query(self.query)
-        except ValueError as exc:
-            raise ValueError(f"filter {self.name!r}: {exc}") from exc
+        # QueryError is a ValueError naming the filter: pydantic reports it under this field.
+        compile_query(self.query, name=self.name, fields=ALERT_FIELDS)
         return self
 
 

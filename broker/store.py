@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypedDict
 
@@ -23,6 +24,7 @@ from broker import __version__, history
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Rejection
 from broker.settings import Settings
+from broker.surveys import tables
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +33,6 @@ DUPLICATE_KEY = 11000
 # command until the command ends: 100 updates in one bulk_write never finish and stall the
 # whole server. Smaller commands cost nothing on MongoDB.
 UPDATES_PER_COMMAND = 50
-# Top-level packet fields that are histories: kept as light-curve points on the object,
-# not copied into every alert document (they repeat from one alert to the next).
-HISTORY_FIELDS = frozenset(
-    {"prv_candidates", "fp_hists", "prvDiaSources", "prvDiaForcedSources",
-     "prvDiaNondetectionLimits"}
-)  # fmt: skip
 
 
 class AlertDocument(TypedDict):
@@ -56,6 +52,22 @@ class AlertDocument(TypedDict):
     broker: str
     ingested_at: datetime
     origin: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What one `Store.write` did: its documents, the points it added, its seconds per step.
+
+    `docs` are in the order of the alerts written (the filter stage matches them in-process
+    instead of reading them back); `added` holds the light-curve points stored by this write,
+    per object key (batches still in flight read their history before it, and add these);
+    `timings` the seconds spent on each collection ("store_alerts", "store_objects").
+    A write with nothing to store reports nothing.
+    """
+
+    docs: list[AlertDocument] = field(default_factory=list)
+    added: Mapping[str, list[dict[str, Any]]] = field(default_factory=dict)
+    timings: Mapping[str, float] = field(default_factory=dict)
 
 
 class RejectedDocument(TypedDict):
@@ -91,11 +103,6 @@ class Store:
         self.alerts = db["alerts"]
         self.objects = db["objects"]
         self.rejected = db["rejected"]
-        # Seconds spent by the last write() in each collection, for per-stage figures.
-        self.timings: dict[str, float] = {}
-        # Light-curve points the last write() added, per object key: batches still in
-        # flight read their history before this one was stored, and add these to it.
-        self.added: dict[str, list[dict[str, Any]]] = {}
         self._objects_writer = ThreadPoolExecutor(1, thread_name_prefix="nightjar-objects")
 
     def ensure_indexes(self) -> None:
@@ -121,15 +128,10 @@ class Store:
         alerts: Sequence[Alert],
         results: Sequence[AlertResult],
         stored_history: Mapping[str, Sequence[Mapping[str, Any]]],
-    ) -> list[AlertDocument]:
-        """Insert alert documents (existing ones are kept) and extend object light curves.
-
-        Returns the documents built for this batch, in the order of `alerts`: the filter
-        stage matches them in-process instead of reading them back.
-        """
-        self.timings, self.added = {}, {}  # a batch with nothing to store reports nothing
+    ) -> StoreResult:
+        """Insert alert documents (existing ones are kept) and extend object light curves."""
         if not alerts:
-            return []
+            return StoreResult()
         updates, added = object_updates(alerts, stored_history)
         # Light curves on a second connection while the alert documents are inserted: the
         # server overlaps its decoding and encoding of the two (FerretDB: 1.70 -> 1.22 ms
@@ -141,12 +143,11 @@ class Store:
         try:
             with _transient("store alerts"):
                 _insert_ignoring_duplicates(self.alerts, docs)
-            self.timings["store_alerts"] = time.perf_counter() - started
+            alerts_seconds = time.perf_counter() - started
         finally:
             wait([objects])  # never leave it running into a retry
-        self.timings["store_objects"] = objects.result()
-        self.added = added
-        return docs
+        timings = {"store_alerts": alerts_seconds, "store_objects": objects.result()}
+        return StoreResult(docs, added, timings)
 
     def _update_objects(self, updates: Sequence[pymongo.UpdateOne]) -> float:
         started = time.perf_counter()
@@ -181,10 +182,13 @@ def history_filter(keys: Sequence[str]) -> dict[str, Any]:
 
 
 def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDocument:
+    # The survey's histories are kept as light-curve points on the object, not copied into
+    # every alert document (they repeat from one alert to the next).
+    histories = tables(alert.survey).history_fields
     packet = {
         name: history.clean(value)
         for name, value in alert.packet.items()
-        if name not in HISTORY_FIELDS and not _is_cutout(value) and value is not alert.candidate
+        if name not in histories and not _is_cutout(value) and value is not alert.candidate
     }
     return AlertDocument(
         _id=alert.key,

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from pymongo import ASCENDING, InsertOne, ReturnDocument
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from broker.records import FilterMatch
+
 if TYPE_CHECKING:
     from pymongo.collection import Collection
     from pymongo.database import Database
-
-    from broker.filters import FilterMatch
 
 log = logging.getLogger(__name__)
 

@@ -10,29 +10,25 @@ fluxes are in microjansky; non-detections have flux null and fluxerr = 5-sigma l
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-ZERO_POINT = 23.9  # AB magnitude of 1 microjansky
+from broker.records import PhotPoint
+from broker.surveys import JD_MJD_OFFSET, ZERO_POINT, limit_fluxerr, mag_to_flux, tables
+
+# Re-exported: the Fritz-like service converts back with the same constants and helpers.
+__all__ = [
+    "JD_MJD_OFFSET",
+    "MAGSYS",
+    "ZERO_POINT",
+    "PhotPoint",
+    "flux_to_mag",
+    "light_curve",
+    "limit_fluxerr",
+    "mag_to_flux",
+    "photometry_payload",
+]
 MAGSYS = "ab"
-JD_MJD_OFFSET = 2400000.5
-ZTF_FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
-LSST_BANDS = frozenset("ugrizy")
-_POSITIVE = frozenset({"t", "T", "1", "y", "Y", "true", "True"})
-NANOJANSKY_PER_MICROJANSKY = 1000.0
-
-
-@dataclass(frozen=True, slots=True)
-class PhotPoint:
-    """One photometry row in SkyPortal's flux convention."""
-
-    mjd: float
-    filter: str
-    flux: float | None  # None: a non-detection (upper limit)
-    fluxerr: float
-    ra: float | None = None
-    dec: float | None = None
 
 
 def photometry_payload(
@@ -72,9 +68,11 @@ def light_curve(
     Rows are deduplicated on (mjd, filter, flux) as Kowalski does and sorted by time;
     rows that cannot be converted (no limit, no error) are left out.
     """
-    convert = CONVERTERS.get(survey)
-    if convert is None:
-        raise ValueError(f"no photometry conversion for survey {survey!r}")
+    try:
+        convert = tables(survey).photometry  # the survey's own bands and flux units
+    except ValueError as exc:
+        raise ValueError(f"no photometry conversion for survey {survey!r}: {exc}") from exc
+    # `prv_candidates`: alert documents stored before histories moved to the object.
     rows: list[Mapping[str, Any]] = [*stored, *(alert.get("prv_candidates") or [])]
     if alert.get("candidate"):
         rows.append(alert["candidate"])
@@ -87,77 +85,5 @@ def light_curve(
     return sorted(unique.values(), key=lambda p: (p.mjd, p.filter))
 
 
-def ztf_point(row: Mapping[str, Any]) -> PhotPoint | None:
-    """A ZTF candidate / prv_candidate / light-curve row in SkyPortal's flux convention."""
-    jd, fid, limit = _number(row.get("jd")), row.get("fid"), _number(row.get("diffmaglim"))
-    if jd is None or fid not in ZTF_FILTERS or limit is None or limit <= 0:
-        return None  # Kowalski drops rows without a positive diffmaglim too
-    mag, sigma = _number(row.get("magpsf")), _number(row.get("sigmapsf"))
-    mjd, band = jd - JD_MJD_OFFSET, ZTF_FILTERS[fid]
-    if mag is None:
-        return PhotPoint(mjd=mjd, filter=band, flux=None, fluxerr=limit_fluxerr(limit))
-    if sigma is None:
-        return None
-    flux = mag_to_flux(mag) * (1.0 if is_positive(row.get("isdiffpos")) else -1.0)
-    return PhotPoint(
-        mjd=mjd,
-        filter=band,
-        flux=flux,
-        fluxerr=abs(sigma * flux * math.log(10) / 2.5),
-        ra=_number(row.get("ra")),
-        dec=_number(row.get("dec")),
-    )
-
-
-def lsst_point(row: Mapping[str, Any]) -> PhotPoint | None:
-    """A Rubin DiaSource / DiaForcedSource row: psfFlux in nanojansky."""
-    mjd, band = _number(row.get("midpointMjdTai")), row.get("band")
-    flux, error = _number(row.get("psfFlux")), _number(row.get("psfFluxErr"))
-    if mjd is None or band not in LSST_BANDS or error is None or error <= 0:
-        return None
-    return PhotPoint(
-        mjd=mjd,
-        filter=f"lsst{band}",
-        flux=None if flux is None else flux / NANOJANSKY_PER_MICROJANSKY,
-        fluxerr=error / NANOJANSKY_PER_MICROJANSKY,
-        ra=_number(row.get("ra")),
-        dec=_number(row.get("dec")),
-    )
-
-
-CONVERTERS: dict[str, Callable[[Mapping[str, Any]], PhotPoint | None]] = {
-    "ztf": ztf_point,
-    "lsst": lsst_point,
-}
-
-
-def mag_to_flux(mag: float, zero_point: float = ZERO_POINT) -> float:
-    return float(10 ** (-0.4 * (mag - zero_point)))
-
-
-def limit_fluxerr(limiting_mag: float, nsigma: float = 5.0) -> float:
-    """The 1-sigma flux error of an n-sigma limiting magnitude (diffmaglim is 5 sigma)."""
-    return mag_to_flux(limiting_mag) / nsigma
-
-
 def flux_to_mag(flux: float, zero_point: float = ZERO_POINT) -> float:
     return -2.5 * math.log10(flux) + zero_point
-
-
-def is_positive(isdiffpos: Any) -> bool:
-    """ZTF's isdiffpos: 't'/'1' (older packets) or true means science minus reference > 0."""
-    if isinstance(isdiffpos, bool):
-        return isdiffpos
-    if isinstance(isdiffpos, int | float):
-        return isdiffpos == 1
-    return str(isdiffpos) in _POSITIVE
-
-
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None

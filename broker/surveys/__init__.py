@@ -1,20 +1,24 @@
-"""Survey adapters: one decoded Avro record (packet) -> `broker.records.Alert`.
+"""Survey adapters: one decoded Avro record (packet) -> `broker.records.Alert`, and the
+survey's tables every later stage reads (light-curve points, photometry, packet histories).
 
-`broker.decode` picks the adapter whose `matches` accepts the record schema's full name.
-Each adapter module (ztf.py, lsst.py) has the same three functions (`SurveyAdapter`); a new
-survey adds a module and its name to `ADAPTER_MODULES`, not a branch in the decoder.
+`broker.decode` picks the adapter whose `matches` accepts the record schema's full name;
+history, store and post look a survey's `SurveyTables` up with `tables(survey)`. Each
+adapter module (ztf.py, lsst.py) has the same three functions and a TABLES record
+(`SurveyAdapter`); a new survey adds a module and its name to `ADAPTER_MODULES`, not a
+branch in any stage.
 """
 
 from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol, cast
 
 from broker.errors import BadAlert
-from broker.records import Alert, Cutouts, Origin, RejectReason
+from broker.records import Alert, Cutouts, Origin, PhotPoint, RejectReason
 
 ADAPTER_MODULES = ("broker.surveys.ztf", "broker.surveys.lsst")
 
@@ -23,8 +27,32 @@ FITS_MAGIC = b"SIMPLE"
 JPEG_MAGIC = b"\xff\xd8"
 
 
+ZERO_POINT = 23.9  # AB magnitude of 1 microjansky: SkyPortal photometry is in microjansky
+JD_MJD_OFFSET = 2400000.5
+
+
+@dataclass(frozen=True, slots=True)
+class SurveyTables:
+    """A survey's field names and conversions, in its own spelling, for the later stages."""
+
+    name: str  # Alert.survey
+    # Fields kept per light-curve point, in this order (broker.history); the detection id,
+    # the time and the band identify a point (id first; time and band for upper limits).
+    point_fields: tuple[str, ...]
+    id_field: str
+    time_field: str
+    band_field: str
+    # Top-level packet fields that are histories: kept as light-curve points on the object,
+    # not copied into every alert document (broker.store).
+    history_fields: frozenset[str]
+    # One candidate / history / light-curve row -> SkyPortal photometry (None: unusable).
+    photometry: Callable[[Mapping[str, Any]], PhotPoint | None]
+
+
 class SurveyAdapter(Protocol):
     """What every module in `ADAPTER_MODULES` provides."""
+
+    TABLES: SurveyTables
 
     def matches(self, record_name: str) -> bool:
         """True for the full record names this survey writes (e.g. 'ztf.alert')."""
@@ -59,6 +87,36 @@ def adapter_for(record_name: str) -> SurveyAdapter | None:
         if adapter.matches(record_name):
             return adapter
     return None
+
+
+@cache
+def tables(survey: str) -> SurveyTables:
+    """The tables of the survey named `survey` ('ztf'); ValueError for an unknown one."""
+    for adapter in _adapters():
+        if adapter.TABLES.name == survey:
+            return adapter.TABLES
+    known = ", ".join(adapter.TABLES.name for adapter in _adapters())
+    raise ValueError(f"no survey adapter for survey {survey!r} (known: {known})")
+
+
+def mag_to_flux(mag: float, zero_point: float = ZERO_POINT) -> float:
+    return float(10 ** (-0.4 * (mag - zero_point)))
+
+
+def limit_fluxerr(limiting_mag: float, nsigma: float = 5.0) -> float:
+    """The 1-sigma flux error of an n-sigma limiting magnitude (diffmaglim is 5 sigma)."""
+    return mag_to_flux(limiting_mag) / nsigma
+
+
+def finite(value: Any) -> float | None:
+    """A finite float from a packet value, else None (bools, strings, NaN are not numbers)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
 
 
 def cutouts(science: Any, template: Any, difference: Any) -> Cutouts:

@@ -13,8 +13,15 @@ from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import BadAlert
-from broker.records import Alert, Origin, RejectReason
-from broker.surveys import cutouts, required_id, required_number, sorted_by
+from broker.records import Alert, Origin, PhotPoint, RejectReason
+from broker.surveys import (
+    SurveyTables,
+    cutouts,
+    finite,
+    required_id,
+    required_number,
+    sorted_by,
+)
 
 RECORD_NAME = re.compile(r"^lsst\.v(\d+)_(\d+)\.alert$")
 MJD_TO_JD = 2400000.5
@@ -101,3 +108,51 @@ def _object_id(packet: Mapping[str, Any], source: Mapping[str, Any]) -> str | No
 def _nested(packet: Mapping[str, Any], record: str, key: str) -> Any:
     inner = packet.get(record)
     return inner.get(key) if isinstance(inner, dict) else None
+
+
+BANDS = frozenset("ugrizy")
+NANOJANSKY_PER_MICROJANSKY = 1000.0
+
+
+def photometry_point(row: Mapping[str, Any]) -> PhotPoint | None:
+    """A Rubin DiaSource / DiaForcedSource row: psfFlux in nanojansky."""
+    mjd, band = finite(row.get("midpointMjdTai")), row.get("band")
+    flux, error = finite(row.get("psfFlux")), finite(row.get("psfFluxErr"))
+    if mjd is None or band not in BANDS or error is None or error <= 0:
+        return None
+    return PhotPoint(
+        mjd=mjd,
+        filter=f"lsst{band}",
+        flux=None if flux is None else flux / NANOJANSKY_PER_MICROJANSKY,
+        fluxerr=error / NANOJANSKY_PER_MICROJANSKY,
+        ra=finite(row.get("ra")),
+        dec=finite(row.get("dec")),
+    )
+
+
+# Fields kept per light-curve point, in this order (broker.history).
+POINT_FIELDS = (
+        "diaSourceId",
+        "midpointMjdTai",
+        "band",
+        "filterName",
+        "psfFlux",
+        "psfFluxErr",
+        "ra",
+        "dec",
+        "snr",
+        "reliability",
+        "isDipole",
+        "visit",
+        "detector",
+    )  # fmt: skip
+
+TABLES = SurveyTables(
+    name="lsst",
+    point_fields=POINT_FIELDS,
+    id_field="diaSourceId",
+    time_field="midpointMjdTai",
+    band_field="band",
+    history_fields=frozenset({"prvDiaSources", "prvDiaForcedSources", "prvDiaNondetectionLimits"}),
+    photometry=photometry_point,
+)

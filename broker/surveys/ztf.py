@@ -7,14 +7,28 @@ objectId and JPEG stamps, and are rejected (missing_field). History is `prv_cand
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from broker.errors import BadAlert
-from broker.records import Alert, Origin, RejectReason
-from broker.surveys import cutouts, required_id, required_number, sorted_by
+from broker.records import Alert, Origin, PhotPoint, RejectReason
+from broker.surveys import (
+    JD_MJD_OFFSET,
+    SurveyTables,
+    cutouts,
+    finite,
+    limit_fluxerr,
+    mag_to_flux,
+    required_id,
+    required_number,
+    sorted_by,
+)
 
 RECORD_NAME = "ztf.alert"
+# SkyPortal filter names of ZTF's filter ids (fid).
+FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
+_POSITIVE = frozenset({"t", "T", "1", "y", "Y", "true", "True"})
 
 
 def matches(record_name: str) -> bool:
@@ -75,3 +89,66 @@ def to_alert(
 def _stamp(cutout: Any) -> Any:
     """stampData of a ZTF cutout record (None when the cutout is absent)."""
     return cutout.get("stampData") if isinstance(cutout, dict) else None
+
+
+def photometry_point(row: Mapping[str, Any]) -> PhotPoint | None:
+    """A ZTF candidate / prv_candidate / light-curve row in SkyPortal's flux convention."""
+    jd, fid, limit = finite(row.get("jd")), row.get("fid"), finite(row.get("diffmaglim"))
+    if jd is None or fid not in FILTERS or limit is None or limit <= 0:
+        return None  # Kowalski drops rows without a positive diffmaglim too
+    mag, sigma = finite(row.get("magpsf")), finite(row.get("sigmapsf"))
+    mjd, band = jd - JD_MJD_OFFSET, FILTERS[fid]
+    if mag is None:
+        return PhotPoint(mjd=mjd, filter=band, flux=None, fluxerr=limit_fluxerr(limit))
+    if sigma is None:
+        return None
+    flux = mag_to_flux(mag) * (1.0 if is_positive(row.get("isdiffpos")) else -1.0)
+    return PhotPoint(
+        mjd=mjd,
+        filter=band,
+        flux=flux,
+        fluxerr=abs(sigma * flux * math.log(10) / 2.5),
+        ra=finite(row.get("ra")),
+        dec=finite(row.get("dec")),
+    )
+
+
+def is_positive(isdiffpos: Any) -> bool:
+    """ZTF's isdiffpos: 't'/'1' (older packets) or true means science minus reference > 0."""
+    if isinstance(isdiffpos, bool):
+        return isdiffpos
+    if isinstance(isdiffpos, int | float):
+        return isdiffpos == 1
+    return str(isdiffpos) in _POSITIVE
+
+
+# Fields kept per light-curve point, in this order (broker.history).
+POINT_FIELDS = (
+        "candid",
+        "jd",
+        "fid",
+        "pid",
+        "programid",
+        "isdiffpos",
+        "magpsf",
+        "sigmapsf",
+        "diffmaglim",
+        "ra",
+        "dec",
+        "magzpsci",
+        "magzpsciunc",
+        "rb",
+        "drb",
+        "field",
+        "rcid",
+    )  # fmt: skip
+
+TABLES = SurveyTables(
+    name="ztf",
+    point_fields=POINT_FIELDS,
+    id_field="candid",
+    time_field="jd",
+    band_field="fid",
+    history_fields=frozenset({"prv_candidates", "fp_hists"}),
+    photometry=photometry_point,
+)

@@ -12,8 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 from pymongo.database import Database
 
-from broker.filters import FilterMatch, FilterStage
+from broker.filters import FilterStage
 from broker.post.outbox import Outbox, utcnow
+from broker.records import FilterMatch
 from broker.settings import DEFAULT_CONFIG, load_settings
 from tests.helpers import poll_until
 

@@ -65,7 +65,7 @@ def alert_docs(shared_dir: Path, mongo_db: Database[dict[str, Any]]) -> list[Ale
     paths = sorted((shared_dir / "ztf" / "alerts" / "night-20200202").glob("*.avro"))[:ALERTS]
     decoder = Decoder(SchemaSettings(), max_message_bytes=2**26)
     alerts = [decoder.decode(path.read_bytes()) for path in paths]
-    docs = Store(mongo_db).write(alerts, [annotated(alert) for alert in alerts], {})
+    docs = Store(mongo_db).write(alerts, [annotated(alert) for alert in alerts], {}).docs
     extra = {"jd": EXTRA_JD, "fid": 1, "magpsf": None, "diffmaglim": 20.1, "candid": None}
     mongo_db["objects"].update_one({"_id": "ztf:ZTF20aajcdad"}, {"$push": {"lightcurve": extra}})
     return docs

@@ -16,7 +16,8 @@ from broker.decode import Decoder
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Annotation, ModelSkip, Origin, Rejection
 from broker.settings import SchemaSettings
-from broker.store import HISTORY_FIELDS, Store, history_filter, object_key
+from broker.store import Store, history_filter, object_key
+from broker.surveys import tables
 from broker.tools.simulate import simulate
 
 Db = Database[dict[str, Any]]
@@ -73,7 +74,7 @@ def test_alert_documents_are_written_once_with_what_users_read(
             alert.object_id,
         )
         assert doc["candidate"] == history.clean(dict(alert.candidate))
-        assert not HISTORY_FIELDS & set(doc["packet"])
+        assert not tables(doc["survey"]).history_fields & set(doc["packet"])
         assert "candidate" not in doc["packet"] and "cutoutScience" not in doc["packet"]
         assert doc["cutouts"]["science"] == alert.cutouts.science
         assert doc["annotations"] == {
@@ -199,10 +200,10 @@ def test_an_unreachable_server_is_a_transient_error(alerts: list[Alert]) -> None
 
 def test_a_write_reports_only_its_own_points_and_timings(store: Store, alerts: list[Alert]) -> None:
     batch = [a for a in alerts if a.survey == "ztf"][:5]
-    store.write(batch, results_for(batch), {})
-    assert set(store.added) == {object_key("ztf", a.object_id) for a in batch}
-    assert set(store.timings) == {"store_alerts", "store_objects"}
-    store.write(batch, results_for(batch), store.read_history(batch))  # a replay adds nothing
-    assert store.added == {}
-    store.write([], [], {})  # every alert of a batch rejected
-    assert store.added == {} and store.timings == {}
+    first = store.write(batch, results_for(batch), {})
+    assert set(first.added) == {object_key("ztf", a.object_id) for a in batch}
+    assert set(first.timings) == {"store_alerts", "store_objects"}
+    replay = store.write(batch, results_for(batch), store.read_history(batch))  # adds nothing
+    assert replay.added == {}
+    empty = store.write([], [], {})  # every alert of a batch rejected
+    assert empty.added == {} and empty.timings == {}

@@ -10,9 +10,12 @@ from typing import Any
 import pytest
 import yaml
 
-from broker.errors import ConfigError
-from broker.filters import FilterStage, check_query
+from broker.errors import ConfigError, QueryError
+from broker.filters import FilterStage
+from broker.query import Matcher, compile_query
+from broker.records import ALERT_FIELDS
 from broker.settings import DEFAULT_CONFIG, FilterDefinition, FilterSettings, load_settings
+from broker.store import AlertDocument
 
 BTS = {
     "annotations.btsbot.score": {"$gte": 0.5},
@@ -39,6 +42,22 @@ def test_shipped_config_holds_the_bts_and_comet_filters() -> None:
     assert "t" in bts["candidate.isdiffpos"]["$in"]
     assert {"candidate.sgscore1": {"$lt": 0.76}} in bts["$or"]
     assert definitions["comets"].query == {"annotations.tails.score": {"$gte": 0.7}}
+
+
+def check_query(query: dict[str, Any]) -> Matcher:
+    """What the settings and the filter stage do with a filter's query."""
+    return compile_query(query, fields=ALERT_FIELDS)
+
+
+def test_filter_fields_are_the_stored_alert_document_fields() -> None:
+    assert frozenset(AlertDocument.__annotations__) == ALERT_FIELDS
+
+
+def test_a_refused_query_names_its_filter_and_operator() -> None:
+    with pytest.raises(QueryError) as caught:
+        compile_query({"candidate.magpsf": {"$near": 1}}, name="bright", fields=ALERT_FIELDS)
+    assert str(caught.value).startswith("filter 'bright': query.candidate.magpsf.$near:")
+    assert "operator $near is not supported" in str(caught.value)
 
 
 @pytest.mark.parametrize(

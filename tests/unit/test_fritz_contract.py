@@ -25,10 +25,10 @@ from nightjar_fritz.payloads import (
 )
 from nightjar_fritz.web import Request, error, success
 
-from broker.filters import FilterMatch
 from broker.post.outbox import JobDoc, new_job
 from broker.post.skyportal import annotation_payload, candidate_payload
 from broker.post.thumbnails import cutout_png
+from broker.records import FilterMatch
 
 PASSED_AT = datetime(2020, 2, 2, 7, 30, 1, 123456, tzinfo=UTC)
 ALERT: dict[str, Any] = {

@@ -10,6 +10,7 @@ import pytest
 from broker import history
 from broker.decode import Decoder
 from broker.settings import SchemaSettings
+from broker.surveys import tables
 from broker.tools.simulate import simulate
 
 
@@ -25,13 +26,13 @@ def test_point_keeps_the_survey_fields_with_a_value_in_a_fixed_order() -> None:
     entry = {"magpsf": float("nan"), "jd": 2460000.5, "candid": 7, "unrelated": 1, "rb": math.inf}
     entry |= {"fid": 2, "isdiffpos": None, "diffmaglim": 20.1}
     point = history.point("ztf", entry)
-    assert list(point) == ["candid", "jd", "fid", "diffmaglim"]  # POINT_FIELDS order
+    assert list(point) == ["candid", "jd", "fid", "diffmaglim"]  # point_fields order
     assert point["candid"] == 7 and point["jd"] == 2460000.5
     # NaN, infinity, null and absent fields are all left out (they read as None).
     assert "magpsf" not in point and "rb" not in point and "isdiffpos" not in point
     assert "unrelated" not in point
-    full = {name: 1.0 for name in history.POINT_FIELDS["ztf"]}
-    assert tuple(history.point("ztf", full)) == history.POINT_FIELDS["ztf"]
+    full = {name: 1.0 for name in tables("ztf").point_fields}
+    assert tuple(history.point("ztf", full)) == tables("ztf").point_fields
 
 
 def test_point_key_is_the_detection_id_else_time_and_band() -> None:

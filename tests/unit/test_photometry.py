@@ -15,11 +15,11 @@ from broker.post.photometry import (
     PhotPoint,
     flux_to_mag,
     light_curve,
-    lsst_point,
     mag_to_flux,
     photometry_payload,
-    ztf_point,
 )
+from broker.surveys.lsst import photometry_point as lsst_point
+from broker.surveys.ztf import photometry_point as ztf_point
 
 # SkyPortal's PhotFluxFlexible.required_keys (skyportal/models/schema.py).
 PHOT_FLUX_REQUIRED = {"magsys", "mjd", "filter", "obj_id", "instrument_id", "fluxerr", "zp"}

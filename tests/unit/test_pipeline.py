@@ -1,5 +1,6 @@
-"""broker.pipeline without services: results split, scoring input, and the order of a batch's
-steps (store, publish, then commit) with in-memory stand-ins for the stages around the loop.
+"""broker.pipeline and broker.writer without services: results split, scoring input, and the
+order of a batch's steps (store, publish, then commit) with in-memory stand-ins for the stages
+around the loop.
 
 The real Kafka and MongoDB path is in tests/integration and tests/e2e.
 """
@@ -16,11 +17,12 @@ import pytest
 
 from broker import history
 from broker.decode import Decoder
-from broker.pipeline import AddedPoints, Batch, Pipeline, scoring_input, split_results
+from broker.pipeline import Batch, Pipeline, scoring_input
 from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
 from broker.settings import SchemaSettings
-from broker.store import object_key
+from broker.store import StoreResult, object_key
 from broker.tools.simulate import simulate
+from broker.writer import AddedPoints, split_results
 
 TOPIC = "alerts"
 
@@ -135,7 +137,6 @@ class Stages:
         self.events: list[tuple[str, Any]] = []
         self.stored: list[Alert] = []
         self.results: list[AlertResult] = []
-        self.timings: dict[str, float] = {}  # the store's per-step seconds of its last write
 
     # consumer
     def poll_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:
@@ -165,16 +166,14 @@ class Stages:
         return future
 
     # store
-    added: dict[str, list[dict[str, Any]]] = {}
-
     def read_history(self, alerts: Sequence[Alert]) -> dict[str, list[dict[str, Any]]]:
         return {}
 
-    def write(self, alerts: Sequence[Alert], results: Sequence[AlertResult], _: Any) -> list[Any]:
+    def write(self, alerts: Sequence[Alert], results: Sequence[AlertResult], _: Any) -> StoreResult:
         self.events.append(("store", [a.candid for a in alerts]))
         self.stored.extend(alerts)
         self.results.extend(results)
-        return []
+        return StoreResult()
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:
         self.events.append(("store rejections", len(rejections)))
@@ -279,7 +278,6 @@ def test_a_later_batch_of_the_same_object_is_stored_with_the_points_of_the_earli
         by_object.setdefault(alert.object_id, []).append(alert.raw)
     pair = next(raws_ for raws_ in by_object.values() if len(raws_) >= 2)
     stages = Stages([[pair[0]], [pair[1]]])
-    stages.added = {}
     database: dict[str, list[dict[str, Any]]] = {}
     seen: list[dict[str, Any]] = []
     write = stages.write
@@ -288,16 +286,15 @@ def test_a_later_batch_of_the_same_object_is_stored_with_the_points_of_the_earli
         keys = {object_key("ztf", a.object_id) for a in batch_alerts}
         return {key: list(database[key]) for key in keys & database.keys()}
 
-    def recording(batch_alerts: Sequence[Alert], results: Any, stored: Any) -> list[Any]:
+    def recording(batch_alerts: Sequence[Alert], results: Any, stored: Any) -> StoreResult:
         # Whether the second batch read before or after the first was stored, it must be
         # stored knowing the first one's points.
         seen.append({key: list(points) for key, points in stored.items()})
-        stages.added = {
-            object_key("ztf", a.object_id): [{"candid": a.candid}] for a in batch_alerts
-        }
-        for key, points in stages.added.items():
+        added = {object_key("ztf", a.object_id): [{"candid": a.candid}] for a in batch_alerts}
+        for key, points in added.items():
             database.setdefault(key, []).extend(points)
-        return write(batch_alerts, results, stored)
+        write(batch_alerts, results, stored)
+        return StoreResult(added=added)
 
     stages.read_history = read_history  # type: ignore[method-assign]
     stages.write = recording  # type: ignore[method-assign]

@@ -47,7 +47,10 @@ def decoder() -> Decoder:
 def publisher(decoder: Decoder) -> Iterator[Publisher]:
     # Nothing is produced: the producer never needs to reach its (unused) address.
     publisher = Publisher(
-        {"bootstrap.servers": "127.0.0.1:9", "log_level": 0}, decoder, "out.{survey}", "dead"
+        {"bootstrap.servers": "127.0.0.1:9", "log_level": 0},
+        decoder.writer_schemas,
+        "out.{survey}",
+        "dead",
     )
     yield publisher
     publisher.close()

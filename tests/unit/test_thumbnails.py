@@ -124,6 +124,17 @@ def test_too_large_thumbnail_is_refused() -> None:
         cutout_png(fits_stamp(np.ones((200, 200))), "science")
 
 
+def test_pillow_reads_every_pixel_of_the_hand_written_png() -> None:
+    # Pillow is a test-only reference here (the service does not depend on it).
+    image_module = pytest.importorskip("PIL.Image", reason="Pillow comes with matplotlib")
+    rng = np.random.default_rng(5)
+    for shape in [(16, 16), (63 * 3, 63 * 3), (17, 250)]:
+        gray = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        with image_module.open(io.BytesIO(encode_png(gray))) as image:
+            assert image.mode == "L" and image.size == (shape[1], shape[0])
+            np.testing.assert_array_equal(np.asarray(image), gray)
+
+
 def test_encode_png_refuses_non_uint8() -> None:
     with pytest.raises(ValueError, match="2-D uint8"):
         encode_png(np.zeros((4, 4)))
