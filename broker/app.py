@@ -56,7 +56,11 @@ def build(
         store = Store(db)
         store.ensure_indexes()
         resources.callback(db.client.close)
-        decoder = Decoder(settings.schemas, settings.kafka.max_message_bytes)
+        decoder = Decoder(
+            settings.schemas,
+            settings.kafka.max_message_bytes,
+            max_decode_bytes=settings.kafka.decode_bytes,
+        )
         publisher = Publisher(
             producer_config(settings),
             decoder,

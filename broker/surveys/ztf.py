@@ -15,6 +15,9 @@ from broker.records import Alert, Origin, RejectReason
 from broker.surveys import cutouts, required_id, required_number, sorted_by
 
 RECORD_NAME = "ztf.alert"
+# The newest schema ZTF publishes, shipped in schemas/: every embedded writer schema must
+# resolve against it (broker.schema_guard). (folder, .avsc files with named types first)
+READER_SCHEMA = ("ztf/4.02", ("cutout", "candidate", "prv_candidate", "fp_hist", "alert"))
 
 
 def matches(record_name: str) -> bool:
