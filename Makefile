@@ -5,7 +5,8 @@
 #
 #   make venv         .venv with the project, dev tools and the model converter
 #   make lint         ruff check, ruff format --check, mypy
-#   make unit         tests that need no services
+#   make unit         tests that need no services (a short decode fuzzing run included)
+#   make fuzz         fuzz the decode path longer (FUZZ_SECONDS=600, FUZZ_RUNS=-1: no run cap)
 #   make test         lint + unit + rules-test + integration/e2e against real services (CI)
 #   make rules-test   promtool checks and unit-tests the Prometheus alert rules
 #   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
@@ -61,8 +62,9 @@ DASHBOARDS := deploy/grafana/dashboards
 # apt-get needs root: use sudo when not root (CI runs as root, without a terminal).
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: help venv system-deps lint format unit test services-up services-down services-status \
-	demo bench models up down clean rules-test prometheus helm chart chart-dashboards
+.PHONY: help venv system-deps lint format unit fuzz test services-up services-down \
+	services-status demo bench models up down clean rules-test prometheus helm chart \
+	chart-dashboards
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -119,6 +121,15 @@ prometheus: $(PROMTOOL)
 rules-test: $(PROMTOOL)
 	$(PROMTOOL) check rules $(RULES)/nightjar.yml
 	$(PROMTOOL) test rules $(RULES)/tests/*.yml
+
+# libFuzzer over broker.decode; a finding is written to fuzz-findings/ as crash-<sha1>.
+# FUZZ_CORPUS keeps the grown corpus between runs (default: a fresh temporary folder).
+FUZZ_SECONDS ?= 600
+FUZZ_RUNS ?= -1
+fuzz: $(STAMP)
+	@mkdir -p fuzz-findings
+	ulimit -v 4194304; $(PY) tests/fuzz/fuzz_decode.py -max_total_time=$(FUZZ_SECONDS) \
+		-runs=$(FUZZ_RUNS) -max_len=200000 -rss_limit_mb=2048 -artifact_prefix=fuzz-findings/
 
 # Services are stopped on every way out (success, test failure, Ctrl-C) and the tests'
 # exit status is kept. Exit status 5 (nothing collected) only means no such tests yet.

@@ -60,7 +60,10 @@ def build(
         # Decode fills it with each writer schema it meets; publish re-encodes with them.
         writer_schemas = WriterSchemas()
         decoder = Decoder(
-            settings.schemas, settings.kafka.max_message_bytes, writer_schemas=writer_schemas
+            settings.schemas,
+            settings.kafka.max_message_bytes,
+            max_decode_bytes=settings.kafka.decode_bytes,
+            writer_schemas=writer_schemas,
         )
         publisher = Publisher(
             producer_config(settings),

@@ -20,21 +20,23 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from broker.errors import BadAlert
 from broker.records import Alert, Origin, RejectReason
+from broker.schema_guard import Node, checked_shape, read_long, reader_root
 from broker.schema_registry import (
     MAX_CACHED_SCHEMAS,
     SchemaRegistry,
     WriterSchema,
     WriterSchemas,
 )
-from broker.settings import SchemaSettings
-from broker.surveys import adapter_for
+from broker.settings import DECODE_BYTES_FACTOR, SchemaSettings
+from broker.surveys import SurveyAdapter, adapter_for
 
 log = logging.getLogger(__name__)
 
 CONTAINER_MAGIC = b"Obj\x01"
 SYNC_SIZE = 16
 CONFLUENT_HEADER = 5  # magic byte 0x00 + big-endian schema id
-# A deflate block may not inflate beyond this (a corrupt block must not exhaust memory).
+# A deflate block may not inflate beyond this (a corrupt block must not exhaust memory);
+# a Decoder caps it lower, at its max_decode_bytes.
 MAX_INFLATED_BYTES = 256 * 1024 * 1024
 
 
@@ -62,22 +64,6 @@ class Container:
 
 def undecodable(detail: str) -> BadAlert:
     return BadAlert(RejectReason.UNDECODABLE, detail)
-
-
-def read_long(data: bytes, pos: int) -> tuple[int, int]:
-    """Avro zig-zag varint at `pos` -> (value, next position)."""
-    result = shift = 0
-    while True:
-        if pos >= len(data):
-            raise undecodable(f"truncated at byte {pos} (inside a variable-length integer)")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (result >> 1) ^ -(result & 1), pos
-        shift += 7
-        if shift > 63:
-            raise undecodable(f"variable-length integer longer than 10 bytes at byte {pos}")
 
 
 def _read_sized(data: bytes, pos: int, what: str) -> tuple[int, int]:
@@ -144,8 +130,10 @@ class Decoder:
         max_message_bytes: int,
         registry: SchemaRegistry | None = None,
         writer_schemas: WriterSchemas | None = None,
+        max_decode_bytes: int | None = None,
     ) -> None:
         self.max_message_bytes = max_message_bytes
+        self.max_decode_bytes = max_decode_bytes or DECODE_BYTES_FACTOR * max_message_bytes
         self.registry = registry or SchemaRegistry.from_settings(schemas)
         self.writer_schemas = writer_schemas if writer_schemas is not None else WriterSchemas()
         self._by_text: dict[bytes, WriterSchema] = {}
@@ -183,6 +171,7 @@ class Decoder:
             schema = self._container_schema(container.schema_text)
             return schema, self._read_blocks(raw, container, schema)
         schema = self._framed_schema(raw)
+        schema.shape.check(raw, CONFLUENT_HEADER, len(raw), 1, self.max_decode_bytes)
         stream = io.BytesIO(raw)
         stream.seek(CONFLUENT_HEADER)
         record = _read_record(stream, len(raw), schema, "Confluent-framed message")
@@ -224,11 +213,6 @@ class Decoder:
         if not isinstance(plain, dict) or plain.get("type") != "record":
             raise undecodable("writer schema is not an Avro record schema")
         name = _full_name(plain)
-        try:
-            parsed = cast(dict[str, Any], parse_schema(plain, named_schemas={}))
-            digest = fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
-        except Exception as exc:  # fastavro raises many types (SchemaParseException, KeyError...)
-            raise undecodable(f"writer schema {name!r} is not valid Avro: {exc}") from None
         adapter = adapter_for(name)
         if adapter is None:
             raise BadAlert(
@@ -236,7 +220,17 @@ class Decoder:
                 f"no survey adapter for records named {name!r} (see broker/surveys)",
             )
         version = adapter.schema_version(plain)
-        return WriterSchema(f"{name}@{digest[:16]}", name, version, plain, parsed, adapter)
+        try:
+            shape = checked_shape(plain, _reader(adapter))
+        except BadAlert as exc:
+            raise BadAlert(exc.reason, f"{name} schema {version}: {exc.detail}") from None
+        try:
+            parsed = cast(dict[str, Any], parse_schema(plain, named_schemas={}))
+            digest = fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
+        except Exception as exc:  # fastavro raises many types (SchemaParseException, KeyError...)
+            raise undecodable(f"writer schema {name!r} is not valid Avro: {exc}") from None
+        key = f"{name}@{digest[:16]}"
+        return WriterSchema(key, name, version, plain, parsed, adapter, shape)
 
     def _remember(self, schema: WriterSchema) -> WriterSchema:
         known = self.writer_schemas.add(schema)
@@ -251,11 +245,14 @@ class Decoder:
         for block in container.blocks:
             if container.codec == b"null":
                 # A BytesIO over the whole message shares its buffer: no copy per block.
-                stream, end = io.BytesIO(raw), block.end
-                stream.seek(block.start)
+                data, start, end = raw, block.start, block.end
             else:
-                data = _inflate(container.codec, raw[block.start : block.end])
-                stream, end = io.BytesIO(data), len(data)
+                limit = self.max_decode_bytes
+                data = _inflate(container.codec, raw[block.start : block.end], limit)
+                start, end = 0, len(data)
+            schema.shape.check(data, start, end, block.count, self.max_decode_bytes)
+            stream = io.BytesIO(data)
+            stream.seek(start)
             where = f"container block at byte {block.start}"
             records.extend(_read_record(stream, end, schema, where) for _ in range(block.count))
             if stream.tell() != end:
@@ -279,17 +276,23 @@ def _read_record(stream: io.BytesIO, end: int, schema: WriterSchema, where: str)
     return record
 
 
-def _inflate(codec: bytes, data: bytes) -> bytes:
+def _inflate(codec: bytes, data: bytes, limit: int = MAX_INFLATED_BYTES) -> bytes:
     if codec != b"deflate":
         raise undecodable(f"unsupported Avro codec {codec.decode(errors='replace')!r}")
     inflater = zlib.decompressobj(-15)
     try:
-        out = inflater.decompress(data, MAX_INFLATED_BYTES)
+        out = inflater.decompress(data, limit)
     except zlib.error as exc:
         raise undecodable(f"corrupt deflate block: {exc}") from None
     if inflater.unconsumed_tail:
-        raise undecodable(f"deflate block inflates beyond {MAX_INFLATED_BYTES} bytes")
+        raise BadAlert(RejectReason.OVERSIZED, f"deflate block inflates beyond {limit} bytes")
     return out
+
+
+def _reader(adapter: SurveyAdapter) -> Node | None:
+    """The survey's reader schema when its adapter names one (READER_SCHEMA), else None."""
+    spec = getattr(adapter, "READER_SCHEMA", None)
+    return None if spec is None else reader_root(spec)
 
 
 def _full_name(plain: dict[str, Any]) -> str:

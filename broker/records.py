@@ -19,11 +19,14 @@ class RejectReason:
 
     UNDECODABLE = "undecodable"  # not Avro, truncated, corrupt
     UNKNOWN_SCHEMA = "unknown_schema"  # LSST schema id not in the registry
-    OVERSIZED = "oversized"  # larger than kafka.max_message_bytes
+    BAD_SCHEMA = "bad_schema"  # writer schema malformed, absurd, or not the survey's
+    OVERSIZED = "oversized"  # above kafka.max_message_bytes, or kafka.max_decode_bytes decoded
     MISSING_FIELD = "missing_field"  # no objectId / candid / position
+    # Stamps that cannot be scored: the alert is stored and published, its image models
+    # skipped with one of these reasons (never a dead letter).
     MISSING_CUTOUTS = "missing_cutouts"
     JPEG_CUTOUTS = "jpeg_cutouts"  # schema 1.x stamps, not scoreable
-    BAD_CUTOUTS = "bad_cutouts"  # unreadable FITS, or all-NaN / zero-norm stamp
+    BAD_CUTOUTS = "bad_cutouts"  # unreadable FITS, or all-NaN / zero- or inf-norm stamp
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,8 +137,9 @@ class ModelSkip:
 class AlertResult:
     """A worker's output for one alert: annotations, or a rejection reason.
 
-    `rejected` is set when the alert itself is unusable (e.g. unreadable or all-NaN
-    stamps); the pipeline then dead-letters it instead of storing it.
+    `rejected` is set when the alert itself is unusable; the pipeline then dead-letters it
+    instead of storing it. Stamps that cannot be scored are not that: the workers record
+    the image models as `skipped` with the reason, and the alert flows.
     """
 
     candid: int

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import requests
 from fastavro.schema import load_schema
@@ -28,6 +28,9 @@ from broker.errors import BadAlert, TransientError, retry_transient
 from broker.records import RejectReason
 from broker.settings import SchemaSettings
 from broker.surveys import SurveyAdapter
+
+if TYPE_CHECKING:
+    from broker.schema_guard import Shape  # schema_guard reads SCHEMA_ROOT from here
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class WriterSchema:
     plain: dict[str, Any]
     parsed: dict[str, Any]
     adapter: SurveyAdapter
+    shape: Shape  # checked by broker.schema_guard: bounds what a message costs to decode
 
 
 class WriterSchemas:

@@ -35,6 +35,11 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+# kafka.max_decode_bytes when unset: this many times kafka.max_message_bytes. Real alerts
+# take at most ~3x their size in Python objects (~5x for their non-stamp bytes).
+DECODE_BYTES_FACTOR = 8
+
+
 class KafkaSettings(Section):
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "nightjar"
@@ -45,6 +50,9 @@ class KafkaSettings(Section):
     output_topic: str = "nightjar.{survey}.annotated"
     dead_letter_topic: str = "nightjar.deadletter"
     max_message_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # The most memory decoding one message may take (its Python objects); unset: 8 x
+    # max_message_bytes. Messages that would need more are dead-lettered as oversized.
+    max_decode_bytes: int | None = Field(default=None, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
@@ -75,6 +83,20 @@ class KafkaSettings(Section):
         except (KeyError, IndexError) as exc:
             raise ValueError(f"only {{survey}} may be used in the template: {exc}") from exc
         return template
+
+    @model_validator(mode="after")
+    def _valid_decode_bound(self) -> KafkaSettings:
+        if self.max_decode_bytes is not None and self.max_decode_bytes < self.max_message_bytes:
+            raise ValueError(
+                f"max_decode_bytes ({self.max_decode_bytes}) must be at least max_message_bytes "
+                f"({self.max_message_bytes}): a decoded message takes more memory than its bytes"
+            )
+        return self
+
+    @property
+    def decode_bytes(self) -> int:
+        """kafka.max_decode_bytes, or its default (8 x max_message_bytes)."""
+        return self.max_decode_bytes or DECODE_BYTES_FACTOR * self.max_message_bytes
 
     def output_topic_for(self, survey: str) -> str:
         return self.output_topic.format(survey=survey)

@@ -1,8 +1,10 @@
 """Worker stage: a batch of `ScoringInput` -> one `AlertResult` per alert, same order.
 
-Stamps are decoded and validated once per alert and shared by every model; an alert with
-unusable stamps is rejected with a reason. Models run batched per survey, in dependency
-order; a model that raises loses its scores for that batch only. Pure: no Kafka/Mongo/HTTP.
+Stamps are decoded and validated once per alert and shared by every model; an alert whose
+stamps cannot be scored is never rejected: its image models are skipped with the reason
+(BTSbot's make_triplet drops such stamps too) and the models that read only the packet
+still run. Models run batched per survey, in dependency order; a model that raises loses
+its scores for that batch only. Pure: no Kafka/Mongo/HTTP.
 """
 
 from __future__ import annotations
@@ -62,38 +64,35 @@ class Annotator:
     def annotate(self, batch: Sequence[ScoringInput]) -> list[AlertResult]:
         started = time.perf_counter()
         stamps: list[Stamps | None] = []
-        rejections: list[tuple[str, str] | None] = []
+        unusable: list[str] = []  # why each alert's stamps cannot be scored ("" if they can)
         for item in batch:
             try:
                 stamps.append(read_stamps(item.cutouts))
-                rejections.append(None)
+                unusable.append("")
             except BadStamp as exc:
                 stamps.append(None)
-                rejections.append((exc.reason, exc.detail))
-                log.debug("candid %s %s: rejected, %s", item.candid, item.object_id, exc)
-        outcomes = self._score(batch, stamps)
-        results = [
-            _result(item, rejections[index], outcomes.get(index, []))
-            for index, item in enumerate(batch)
-        ]
+                unusable.append(f"{exc.reason}: {exc.detail}")
+                log.debug("candid %s: image models skipped, %s", item.candid, exc)
+        outcomes = self._score(batch, stamps, unusable)
+        results = [_result(item, outcomes.get(index, [])) for index, item in enumerate(batch)]
         log.debug(
-            "annotated %d alerts in %.3f s (%d rejected)",
+            "annotated %d alerts in %.3f s (%d with stamps that cannot be scored)",
             len(batch),
             time.perf_counter() - started,
-            sum(rejection is not None for rejection in rejections),
+            sum(bool(reason) for reason in unusable),
         )
         return results
 
     def _score(
-        self, batch: Sequence[ScoringInput], stamps: Sequence[Stamps | None]
+        self, batch: Sequence[ScoringInput], stamps: Sequence[Stamps | None], unusable: list[str]
     ) -> dict[int, list[Outcome]]:
-        """Outcomes per batch index, for the alerts with usable stamps, survey by survey."""
-        by_survey: dict[str, list[int]] = defaultdict(list)
-        for index, (item, item_stamps) in enumerate(zip(batch, stamps, strict=True)):
-            if item_stamps is not None:
-                by_survey[item.survey].append(index)
+        """Outcomes per batch index, survey by survey; alerts whose stamps cannot be scored
+        get a skip from each image model and the scores of the models that need no stamps."""
+        groups: dict[tuple[str, bool], list[int]] = defaultdict(list)
+        for index, item in enumerate(batch):
+            groups[(item.survey, stamps[index] is not None)].append(index)
         outcomes: dict[int, list[Outcome]] = defaultdict(list)
-        for survey, indices in by_survey.items():
+        for (survey, scoreable), indices in groups.items():
             context = BatchContext(
                 items=[batch[i] for i in indices],
                 stamps=[s for s in (stamps[i] for i in indices) if s is not None],
@@ -102,7 +101,11 @@ class Annotator:
                 # A model of another survey simply does not apply: no skip recorded.
                 if model.spec.survey != survey:
                     continue
-                for index, outcome in zip(indices, self._run(model, context), strict=True):
+                if scoreable or not model.needs_stamps:
+                    results = self._run(model, context)
+                else:
+                    results = [ModelSkip(model.name, unusable[i]) for i in indices]
+                for index, outcome in zip(indices, results, strict=True):
                     outcomes[index].append(outcome)
         return outcomes
 
@@ -202,11 +205,7 @@ def _dependency_order(models: Sequence[Model]) -> list[Model]:
     return ordered
 
 
-def _result(
-    item: ScoringInput, rejection: tuple[str, str] | None, outcomes: Sequence[Outcome]
-) -> AlertResult:
-    if rejection is not None:
-        return AlertResult(candid=item.candid, rejected=rejection)
+def _result(item: ScoringInput, outcomes: Sequence[Outcome]) -> AlertResult:
     return AlertResult(
         candid=item.candid,
         annotations=tuple(o for o in outcomes if isinstance(o, Annotation)),

@@ -22,7 +22,8 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # A ZTF stamp is 63x63; this bounds what a corrupt header can make us allocate.
 MAX_PIXELS = 4096 * 4096
 _DTYPES = {8: ">u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
-_MAX_GUNZIP_BYTES = 64 * 1024 * 1024
+# Far above a stamp (ZTF: ~20 KB gunzipped); bounds what a gzip bomb can inflate to.
+_MAX_GUNZIP_BYTES = 16 * 1024 * 1024
 
 
 class BadStamp(Exception):
@@ -85,7 +86,8 @@ def _gunzip(data: bytes) -> bytes:
     except (zlib.error, gzip.BadGzipFile, EOFError) as exc:
         raise BadStamp(RejectReason.BAD_CUTOUTS, f"corrupt gzip data: {exc}") from None
     if inflater.unconsumed_tail:
-        raise BadStamp(RejectReason.BAD_CUTOUTS, "gunzipped stamp is larger than 64 MiB")
+        limit = _MAX_GUNZIP_BYTES >> 20
+        raise BadStamp(RejectReason.BAD_CUTOUTS, f"gunzipped stamp is larger than {limit} MiB")
     return out
 
 

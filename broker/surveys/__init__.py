@@ -22,10 +22,6 @@ from broker.records import Alert, Cutouts, Origin, PhotPoint, RejectReason
 
 ADAPTER_MODULES = ("broker.surveys.ztf", "broker.surveys.lsst")
 
-GZIP_MAGIC = b"\x1f\x8b"
-FITS_MAGIC = b"SIMPLE"
-JPEG_MAGIC = b"\xff\xd8"
-
 
 ZERO_POINT = 23.9  # AB magnitude of 1 microjansky: SkyPortal photometry is in microjansky
 JD_MJD_OFFSET = 2400000.5
@@ -120,25 +116,11 @@ def finite(value: Any) -> float | None:
 
 
 def cutouts(science: Any, template: Any, difference: Any) -> Cutouts:
-    """Check the three stamps' presence and format (not their pixels: workers do that)."""
-    stamps = {"science": science, "template": template, "difference": difference}
-    absent = [name for name, data in stamps.items() if not data]
-    if absent:
-        raise BadAlert(RejectReason.MISSING_CUTOUTS, f"no {', '.join(absent)} stamp")
-    for name, data in stamps.items():
-        if not isinstance(data, bytes):
-            raise BadAlert(RejectReason.BAD_CUTOUTS, f"{name} stamp is {type(data).__name__}")
-        if data.startswith(JPEG_MAGIC):
-            raise BadAlert(
-                RejectReason.JPEG_CUTOUTS,
-                f"{name} stamp is a JPEG (ZTF schema 1.x), which no model can score",
-            )
-        if not data.startswith((GZIP_MAGIC, FITS_MAGIC)):
-            raise BadAlert(
-                RejectReason.BAD_CUTOUTS,
-                f"{name} stamp is neither gzip nor FITS (starts with {data[:8]!r})",
-            )
-    return Cutouts(science=science, template=template, difference=difference)
+    """The three stamps as they arrived, b"" for an absent one. Never a rejection: the
+    workers check format and pixels, and an alert whose stamps cannot be scored is stored
+    and published with its image models skipped (workers.annotate)."""
+    stamps = (science, template, difference)
+    return Cutouts(*(data if isinstance(data, bytes) else b"" for data in stamps))
 
 
 def required_number(record: Mapping[str, Any], key: str, where: str) -> float:

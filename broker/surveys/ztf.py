@@ -29,6 +29,9 @@ RECORD_NAME = "ztf.alert"
 # SkyPortal filter names of ZTF's filter ids (fid).
 FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
 _POSITIVE = frozenset({"t", "T", "1", "y", "Y", "true", "True"})
+# The newest schema ZTF publishes, shipped in schemas/: every embedded writer schema must
+# resolve against it (broker.schema_guard). (folder, .avsc files with named types first)
+READER_SCHEMA = ("ztf/4.02", ("cutout", "candidate", "prv_candidate", "fp_hist", "alert"))
 
 
 def matches(record_name: str) -> bool:

@@ -43,8 +43,11 @@ from tests.pipeline_helpers import (
 )
 from workers.models.registry import load_registry
 
-# 34 ZTF files (6 schema 1.x without objectId, 1 with an all-NaN stamp) + 1 Rubin alert.
-MESSAGES, STORED = 35, 28
+# 34 ZTF files (6 schema 1.x without objectId, 3 of them 1.0 whose schema types isdiffpos
+# as an int) + 1 Rubin alert. The one whose template overflows the float32 norm is stored,
+# its image models skipped: images never reject an alert.
+MESSAGES, STORED = 35, 29
+UNSCOREABLE = "ztf:472263571115090000"
 MODELS = ("braai", "btsbot", "acai_h", "acai_v", "acai_o", "acai_n", "acai_b")
 SCORE_ATOL = 1e-5
 
@@ -86,7 +89,8 @@ def test_reference_alerts_are_stored_published_or_dead_lettered(
     good = {e.alert.key: e.alert for _, e in seen if e.alert is not None}
     bad = [(record, e.reason) for record, e in seen if e.alert is None]
     assert len(seen) == MESSAGES and len(good) == STORED
-    assert Counter(reason for _, reason in bad) == {"missing_field": 6, "bad_cutouts": 1}
+    assert Counter(reason for _, reason in bad) == {"missing_field": 3, "bad_schema": 3}
+    assert UNSCOREABLE in good
 
     check_alert_documents(mongo_db, good, rig.topics[0])
     check_published(rig, mongo_db, good, seen)
@@ -267,7 +271,15 @@ def test_stored_scores_match_nightjar_score_and_models_load_once_per_worker(
         for model, score in offline.items():
             assert math.isclose(stored[model], score, abs_tol=SCORE_ATOL), (doc["_id"], model)
     ztf = [scores_of(doc["annotations"]) for doc in docs if doc["_id"].startswith("ztf:")]
-    assert all("braai" in scores and "btsbot" in scores for scores in ztf)
+    unscoreable = {
+        doc["_id"]: doc
+        for doc in docs
+        if doc["_id"].startswith("ztf:") and "braai" not in doc["annotations"]
+    }
+    assert list(unscoreable) == [UNSCOREABLE]
+    skipped = unscoreable[UNSCOREABLE]["skipped"]
+    assert all(skipped[name].startswith("bad_cutouts: template") for name in MODELS)
+    assert sum("braai" in scores and "btsbot" in scores for scores in ztf) == len(ztf) - 1
     # ACAI needs the packet's drb (schema 3.3+).
     assert sum("acai_h" in scores for scores in ztf) == sum("drb" in scores for scores in ztf) > 10
 

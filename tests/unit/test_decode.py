@@ -26,6 +26,7 @@ from broker.schema_registry import (
 )
 from broker.settings import SchemaSettings
 from broker.tools.simulate import iter_alerts
+from workers.cutouts import BadStamp, read_stamps
 
 MAX_BYTES = 4 * 1024 * 1024
 
@@ -139,8 +140,14 @@ def test_unknown_survey_is_unknown_schema(decoder: Decoder) -> None:
     ],
 )
 def test_cutout_reasons(decoder: Decoder, lsst_raw: bytes, stamp: Any, reason: str) -> None:
+    """Stamps that cannot be scored never reject the alert: the workers skip its image
+    models with the reason."""
     raw = _reframe(decoder, lsst_raw, {"cutoutTemplate": stamp})
-    assert _reason(decoder, raw) == reason
+    alert = decoder.decode(raw)
+    assert alert.cutouts.template == (stamp or b"")
+    with pytest.raises(BadStamp) as caught:
+        read_stamps(alert.cutouts)
+    assert caught.value.reason == reason
 
 
 def test_lsst_object_id_falls_back_to_solar_system(decoder: Decoder, lsst_raw: bytes) -> None:
@@ -162,7 +169,7 @@ def test_ztf_missing_fields(decoder: Decoder, ztf_raw: bytes) -> None:
     nan_ra = packet | {"candidate": packet["candidate"] | {"ra": float("nan")}}
     assert _reason(decoder, _container(decoder, ztf_raw, [nan_ra], "null")) == "missing_field"
     no_stamp = _container(decoder, ztf_raw, [packet | {"cutoutScience": None}], "null")
-    assert _reason(decoder, no_stamp) == RejectReason.MISSING_CUTOUTS
+    assert decoder.decode(no_stamp).cutouts.science == b""  # stored, image models skipped
 
 
 def test_writer_schema_round_trips_the_packet(decoder: Decoder, ztf_raw: bytes) -> None:

@@ -46,8 +46,12 @@ def test_score_prints_what_the_annotator_computes(
     for (path, packet, item), result in zip(ztf_samples, results, strict=True):
         line = by_file[path.name]
         if packet.get("objectId") is None:
-            # The decoder rejects schema 1.x packets before any stamp is read.
-            assert line["rejected"]["reason"] == RejectReason.MISSING_FIELD
+            # The decoder rejects schema 1.x packets before any stamp is read (1.0's schema
+            # types isdiffpos as an int: it does not resolve against ZTF 4.02).
+            assert line["rejected"]["reason"] in (
+                RejectReason.MISSING_FIELD,
+                RejectReason.BAD_SCHEMA,
+            )
             continue
         assert (line["survey"], line["candid"], line["objectId"]) == (
             "ztf",

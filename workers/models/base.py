@@ -63,6 +63,10 @@ class BatchContext:
 class Model(ABC):
     """One registry entry ready to score batches."""
 
+    # False for models that read only the packet: they also score alerts whose stamps
+    # cannot be scored (their BatchContext then has no stamps).
+    needs_stamps = True
+
     def __init__(self, spec: ModelSpec, settings: ModelSettings) -> None:
         self.spec = spec
         self.settings = settings

@@ -17,6 +17,8 @@ from workers.models.registry import ModelSpec
 
 
 class PacketField(Model):
+    needs_stamps = False
+
     def __init__(self, spec: ModelSpec, settings: ModelSettings) -> None:
         super().__init__(spec, settings)
         self.field = str(spec.options["field"])
