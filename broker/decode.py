@@ -18,9 +18,9 @@ from typing import Any, cast
 from fastavro import parse_schema, schemaless_reader
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
+from broker.avro.guard import Node, checked_shape, read_long, reader_root
 from broker.errors import BadAlert
 from broker.records import Alert, Origin, RejectReason
-from broker.schema_guard import Node, checked_shape, read_long, reader_root
 from broker.schema_registry import (
     MAX_CACHED_SCHEMAS,
     SchemaRegistry,

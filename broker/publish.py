@@ -18,7 +18,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from broker import __version__
-from broker.avro_container import ContainerWriter, clean_schema
+from broker.avro.container import ContainerWriter, clean_schema
 from broker.decode import record_body
 from broker.errors import TransientError
 from broker.metrics import OUTPUT_LATENCY, PUBLISHED

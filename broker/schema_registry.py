@@ -30,7 +30,7 @@ from broker.settings import SchemaSettings
 from broker.surveys import SurveyAdapter
 
 if TYPE_CHECKING:
-    from broker.schema_guard import Shape  # schema_guard reads SCHEMA_ROOT from here
+    from broker.avro.guard import Shape  # schema_guard reads SCHEMA_ROOT from here
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class WriterSchema:
     plain: dict[str, Any]
     parsed: dict[str, Any]
     adapter: SurveyAdapter
-    shape: Shape  # checked by broker.schema_guard: bounds what a message costs to decode
+    shape: Shape  # checked by broker.avro.guard: bounds what a message costs to decode
 
 
 class WriterSchemas:

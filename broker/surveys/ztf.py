@@ -30,7 +30,7 @@ RECORD_NAME = "ztf.alert"
 FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
 _POSITIVE = frozenset({"t", "T", "1", "y", "Y", "true", "True"})
 # The newest schema ZTF publishes, shipped in schemas/: every embedded writer schema must
-# resolve against it (broker.schema_guard). (folder, .avsc files with named types first)
+# resolve against it (broker.avro.guard). (folder, .avsc files with named types first)
 READER_SCHEMA = ("ztf/4.02", ("cutout", "candidate", "prv_candidate", "fp_hist", "alert"))
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import fastavro
 
-from broker.avro_container import MAGIC, zigzag_long
+from broker.avro.container import MAGIC, zigzag_long
 from broker.decode import CONFLUENT_HEADER, Decoder, parse_container
 
 SYNC = bytes(range(16))

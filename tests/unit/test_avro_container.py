@@ -1,4 +1,4 @@
-"""broker.avro_container: one-record container files built from a record's existing bytes."""
+"""broker.avro.container: one-record container files built from a record's existing bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from broker.avro_container import MAGIC, ContainerWriter, clean_schema, zigzag_long
+from broker.avro.container import MAGIC, ContainerWriter, clean_schema, zigzag_long
 from broker.decode import parse_container
 
 POINT = {

@@ -1,4 +1,4 @@
-"""broker.schema_guard: writer schemas checked before use, bounded decoding, oversized first."""
+"""broker.avro.guard: writer schemas checked before use, bounded decoding, oversized first."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from fastavro import parse_schema, schemaless_writer
 
-from broker.avro_container import zigzag_long
+from broker.avro.container import zigzag_long
 
 NULL_BRANCH = b"\x00"  # union index 0 ("null" comes first in every nullable field)
 VALUE_BRANCH = b"\x02"  # union index 1

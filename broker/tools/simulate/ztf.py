@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from fastavro.schema import load_schema_ordered
 
-from broker.avro_container import MAGIC, zigzag_long
+from broker.avro.container import MAGIC, zigzag_long
 from broker.schema_registry import SCHEMA_ROOT
 from broker.tools.simulate import SimulatedAlert
 from broker.tools.simulate.avro import PacketEncoder
