@@ -95,6 +95,9 @@ class Health:
 
 
 REPORT_EVERY_S = 30.0
+# The longest wait between two tries in the broker's retry loops: a report is due this much
+# before `every`, so the next failure still comes within it.
+RETRY_SLACK_S = 5.0
 
 
 class Outage:
@@ -127,7 +130,7 @@ class Outage:
                 self._since = time.time()
                 self._health.block(self.dependency, str(error)[:300])
                 first = True
-            elif now - self._reported >= self._every:
+            elif now - self._reported >= self._every - RETRY_SLACK_S:
                 first = False
             else:
                 return

@@ -251,10 +251,10 @@ class Pipeline:
     # -- scoring --------------------------------------------------------------
 
     def _submit(self, batch: Batch) -> None:
+        self.pending = batch  # until its history is read: the loop keeps polling meanwhile
         if self._history_ready(batch):
+            self.pending = None
             self._dispatch(batch)
-        else:
-            self.pending = batch  # read again from the loop, which keeps polling meanwhile
 
     def _history_ready(self, batch: Batch) -> bool:
         """One attempt at the batch's history read (MongoDB down: False, retried later)."""
