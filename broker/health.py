@@ -95,13 +95,14 @@ class Health:
 
 
 REPORT_EVERY_S = 30.0
-# The longest wait between two tries in the broker's retry loops: a report is due this much
-# before `every`, so the next failure still comes within it.
-RETRY_SLACK_S = 5.0
 
 
 class Outage:
-    """Reports the waits on one dependency; `retry_transient(..., outage=...)` drives it."""
+    """Reports the waits on one dependency; `retry_transient(..., outage=...)` drives it.
+
+    The repeated WARN comes from a timer thread, every `every` seconds however long each
+    try takes (a try may wait out a server-selection timeout first).
+    """
 
     def __init__(
         self,
@@ -116,7 +117,8 @@ class Outage:
         self._every = every
         self._lock = threading.Lock()
         self._since: float | None = None  # time.time() of the first failure
-        self._reported = 0.0  # time.monotonic() of the last WARN
+        self._error = ""  # the last failure's
+        self._ended = threading.Event()
 
     @property
     def waiting(self) -> bool:
@@ -124,34 +126,26 @@ class Outage:
 
     def failed(self, error: BaseException) -> None:
         """A call failed for a reason worth waiting out."""
-        now = time.monotonic()
         with self._lock:
-            if self._since is None:
-                self._since = time.time()
-                self._health.block(self.dependency, str(error)[:300])
-                first = True
-            elif now - self._reported >= self._every - RETRY_SLACK_S:
-                first = False
-            else:
+            self._error = str(error)
+            if self._since is not None:
                 return
-            self._reported = now
-            since = self._since
-        stamp = time.strftime("%H:%M:%S", time.localtime(since))
-        if first:
-            log.warning(
-                "%s unreachable: waiting for it (%d batches held): %s",
-                self.dependency, self._held(), error,
-            )  # fmt: skip
-        else:
-            log.warning(
-                "%s still unreachable since %s (%.0f s), %d batches held: %s",
-                self.dependency, stamp, time.time() - since, self._held(), error,
-            )  # fmt: skip
+            self._since = time.time()
+            self._ended = threading.Event()
+            ended = self._ended
+        self._health.block(self.dependency, self._error[:300])
+        log.warning(
+            "%s unreachable: waiting for it (%d batches held): %s",
+            self.dependency, self._held(), error,
+        )  # fmt: skip
+        name = f"outage-{self.dependency}"
+        threading.Thread(target=self._report, args=(ended,), name=name, daemon=True).start()
 
     def recovered(self) -> None:
         """A call succeeded: ends the outage, if there was one."""
         with self._lock:
             since, self._since = self._since, None
+            self._ended.set()
         if since is None:
             return
         self._health.unblock(self.dependency)
@@ -159,6 +153,18 @@ class Outage:
             "%s reachable again after %.0f s: %d batches held go on",
             self.dependency, time.time() - since, self._held(),
         )  # fmt: skip
+
+    def _report(self, ended: threading.Event) -> None:
+        while not ended.wait(self._every):
+            with self._lock:
+                since, error = self._since, self._error
+            if since is None:
+                return
+            stamp = time.strftime("%H:%M:%S", time.localtime(since))
+            log.warning(
+                "%s still unreachable since %s (%.0f s), %d batches held: %s",
+                self.dependency, stamp, time.time() - since, self._held(), error,
+            )  # fmt: skip
 
 
 def serve(health: Health, host: str, port: int) -> ThreadingHTTPServer:

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from broker.health import Health, serve
+from tests.helpers import poll_until
 
 
 @pytest.fixture
@@ -109,14 +110,20 @@ def test_a_long_outage_warns_again_and_blocks_readiness(caplog: pytest.LogCaptur
 
     health = Health()
     health.tick()
-    outage = Outage("kafka", health, every=0.0)
+    outage = Outage("kafka", health, every=0.05)
     with caplog.at_level("WARNING"):
         outage.failed(TransientError("broker down"))
         outage.failed(TransientError("broker down"))
+        # Repeated by the timer, without another failure.
+        poll_until(
+            lambda: sum("still unreachable" in r.getMessage() for r in caplog.records) >= 2,
+            message="two repeated WARNs",
+        )
     ready, body = health.ready()
     assert not ready and body["blocked"][0]["dependency"] == "kafka"
     assert REGISTRY.get_sample_value("nightjar_dependency_blocked", {"dependency": "kafka"}) == 1
     assert "kafka still unreachable since " in caplog.records[-1].getMessage()
+    assert "batches held: broker down" in caplog.records[-1].getMessage()
     outage.recovered()
     outage.recovered()  # a second success reports nothing
     assert health.ready()[0]
