@@ -111,7 +111,9 @@ class AlertConsumer:
             if error is None:
                 CONSUMED.labels(message.topic()).inc()
                 good.append(message)
-            elif error.fatal():
+            elif error.fatal() or error.code() == KafkaError._FATAL:
+                # librdkafka reports its fatal state (e.g. fenced) on messages as _FATAL,
+                # with fatal() False there.
                 self._raise_fatal(error)
             else:
                 log.warning("consumer: %s", error.str())
