@@ -13,7 +13,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-from broker.consume import AlertConsumer, consumer_config
+from broker.consume import AlertConsumer, CrashGuard, consumer_config, crash_marker_from_env
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
 from broker.health import Health
@@ -76,6 +76,10 @@ def build(
         dispatcher.start()
         resources.callback(dispatcher.close)
         filters = _filters(settings, db)
+        guard = CrashGuard(
+            store.crashloop, settings.kafka.group_id, settings.kafka.poison_after_deaths
+        )
+        guard.load()
         pipeline = Pipeline(
             decoder=decoder,
             consumer_factory=_consumer_factory(settings),
@@ -88,6 +92,8 @@ def build(
             filters=filters,
             filter_topic=settings.filters.topic_for,
             health=health or Health(),
+            guard=guard,
+            crash_marker=crash_marker_from_env(),
         )
         sender = _start_sender(settings, stop) if start_sender else None
     except BaseException:
@@ -97,8 +103,9 @@ def build(
 
 
 def _consumer_factory(settings: Settings) -> Callable[[Any], AlertConsumer]:
+    kafka = settings.kafka
     config = consumer_config(
-        client_config(settings), settings.kafka.group_id, settings.kafka.auto_offset_reset
+        client_config(settings), kafka.group_id, kafka.auto_offset_reset, kafka.instance_name
     )
 
     def factory(on_revoke: Any) -> AlertConsumer:

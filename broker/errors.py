@@ -7,10 +7,13 @@ NightjarError              base of everything Nightjar raises on purpose
 ├── BadAlert               one message cannot become an Alert; carries a reason code.
 │                          The pipeline dead-letters it and goes on.
 ├── TransientError         a service hiccup worth retrying (timeouts, 5xx, broker down)
+├── FencedError            another broker took this one's Kafka group.instance.id; exit 1
 └── ServiceError           a local service (Kafka, FerretDB) failed to start or stop
 
 `retry_transient` is the one retry loop: it retries TransientError alone, with capped
-exponential backoff, and stops waiting as soon as its `stop` event is set.
+exponential backoff, and stops waiting as soon as its `stop` event is set. Given an
+`outage` (broker.health.Outage), it reports the wait there (a WARN when it starts, every
+30 s, on recovery) instead of one WARN per attempt.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,20 @@ class TransientError(NightjarError):
     """A failure that may succeed when retried."""
 
 
+class FencedError(NightjarError):
+    """Another consumer joined the group with this one's `kafka.instance_name`."""
+
+
 class ServiceError(NightjarError):
     """A local service could not be built, started or stopped."""
+
+
+class WaitReport(Protocol):
+    """Where a retry loop reports an outage (broker.health.Outage)."""
+
+    def failed(self, error: BaseException) -> None: ...
+
+    def recovered(self) -> None: ...
 
 
 def retry_transient(
@@ -67,6 +82,7 @@ def retry_transient(
     first_delay: float = 0.5,
     max_delay: float = 30.0,
     stop: threading.Event | None = None,
+    outage: WaitReport | None = None,
 ) -> T:
     """`call()`, called again after each TransientError with a doubling delay up to `max_delay`.
 
@@ -79,16 +95,23 @@ def retry_transient(
     while True:
         made += 1
         try:
-            return call()
+            result = call()
         except TransientError as exc:
+            if outage is not None:
+                outage.failed(exc)
             if attempts is not None and made >= attempts:
                 raise
             if stop is not None and stop.is_set():
                 log.warning("%s failed (%s): stopping, so not retrying", what, exc)
                 raise
-            log.warning("%s failed (%s): attempt %d, retrying in %.1f s", what, exc, made, delay)
+            level = logging.DEBUG if outage is not None else logging.WARNING
+            log.log(level, "%s failed (%s): attempt %d, retrying in %.1f s", what, exc, made, delay)
             if stop is None:
                 time.sleep(delay)
             elif stop.wait(delay):
                 raise
             delay = min(delay * 2, max_delay)
+            continue
+        if outage is not None:
+            outage.recovered()
+        return result

@@ -3,7 +3,9 @@
 Input: the main loop's ticks and the dependencies it waits on. Output: on one HTTP port,
 GET /livez (200 while the loop has ticked recently; a wedged loop gets restarted), GET
 /readyz (200 once running and no dependency is blocked; 503 with a JSON body naming what
-blocks it and since when) and GET /metrics (Prometheus text).
+blocks it and since when) and GET /metrics (Prometheus text). `Outage` reports the waits on
+one dependency: one WARN when it starts, one at least every 30 s (what, since when, how many
+batches held), one on recovery; it blocks and unblocks that dependency here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -89,6 +92,79 @@ class Health:
                 for b in self._blocked.values()
             ]
         return running and not blocked, {"running": running, "blocked": blocked}
+
+
+REPORT_EVERY_S = 30.0
+
+
+class Outage:
+    """Reports the waits on one dependency; `retry_transient(..., outage=...)` drives it.
+
+    The repeated WARN comes from a timer thread, every `every` seconds however long each
+    try takes (a try may wait out a server-selection timeout first).
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        health: Health,
+        held: Callable[[], int] = lambda: 0,
+        every: float = REPORT_EVERY_S,
+    ) -> None:
+        self.dependency = dependency
+        self._health = health
+        self._held = held  # batches read but not committed while it lasts
+        self._every = every
+        self._lock = threading.Lock()
+        self._since: float | None = None  # time.time() of the first failure
+        self._error = ""  # the last failure's
+        self._ended = threading.Event()
+
+    @property
+    def waiting(self) -> bool:
+        return self._since is not None
+
+    def failed(self, error: BaseException) -> None:
+        """A call failed for a reason worth waiting out."""
+        with self._lock:
+            self._error = str(error)
+            if self._since is not None:
+                return
+            self._since = time.time()
+            self._ended = threading.Event()
+            ended = self._ended
+        self._health.block(self.dependency, self._error[:300])
+        log.warning(
+            "%s unreachable: waiting for it (%d batches held): %s",
+            self.dependency, self._held(), error,
+        )  # fmt: skip
+        name = f"outage-{self.dependency}"
+        threading.Thread(target=self._report, args=(ended,), name=name, daemon=True).start()
+
+    def recovered(self) -> None:
+        """A call succeeded: ends the outage, if there was one."""
+        with self._lock:
+            since, self._since = self._since, None
+            self._ended.set()
+        if since is None:
+            return
+        self._health.unblock(self.dependency)
+        log.warning(
+            "%s reachable again after %.0f s: %d batches held go on",
+            self.dependency, time.time() - since, self._held(),
+        )  # fmt: skip
+
+    def _report(self, ended: threading.Event) -> None:
+        while not ended.wait(self._every):
+            with self._lock:
+                since, error = self._since, self._error
+            if since is None:
+                return
+            stamp = time.strftime("%H:%M:%S", time.localtime(since))
+            log.warning(
+                "%s still unreachable since %s (%.0f s), %d batches held: %s",
+                self.dependency, stamp, time.time() - since, self._held(), error,
+            )  # fmt: skip
 
 
 def serve(health: Health, host: str, port: int) -> ThreadingHTTPServer:

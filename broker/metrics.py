@@ -20,6 +20,11 @@ CONSUMED = Counter("nightjar_consume_messages_total", "Messages read from Kafka"
 REJECTED = Counter(
     "nightjar_reject_alerts_total", "Alerts dead-lettered, by reason", ["survey", "reason"]
 )
+DEAD_LETTER_SUMMARIES = Counter(
+    "nightjar_publish_dead_letter_summaries_total",
+    "Dead letters sent as a summary (raw bytes refused: too large or invalid), by reason",
+    ["reason"],
+)
 STORED = Counter("nightjar_store_alerts_total", "Alerts upserted into MongoDB", ["survey"])
 PUBLISHED = Counter(
     "nightjar_publish_messages_total", "Messages delivered to output topics", ["topic"]

@@ -6,6 +6,13 @@ MongoDB. Batches go to the writer, and have their offsets committed (by the main
 which owns the consumer), strictly in the order they were read, so a commit never skips
 an unfinished batch. At most `dispatch.max_in_flight` batches are out (scoring or being
 written); beyond that the partitions are paused.
+
+The main thread never sleeps in retries: while MongoDB is down (or the writer or workers
+are behind) it keeps polling Kafka with its partitions paused, so the broker stays in its
+consumer group however long the outage lasts (broker.health.Outage reports it). Before a
+batch is decoded its offsets are recorded (broker.consume.CrashGuard), so a message that
+kills the process is isolated and dead-lettered as `poison` after
+`kafka.poison_after_deaths` deaths.
 """
 
 from __future__ import annotations
@@ -22,11 +29,11 @@ from typing import Any
 from confluent_kafka import Message
 
 from broker import history
-from broker.consume import AlertConsumer, Offsets
+from broker.consume import AlertConsumer, CrashGuard, Offsets, Partition, Plan, crash_if_marked
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
-from broker.errors import BadAlert, retry_transient
-from broker.health import Health
+from broker.errors import BadAlert, TransientError, retry_transient
+from broker.health import Health, Outage
 from broker.metrics import (
     ANNOTATIONS,
     BATCH_SIZE,
@@ -38,13 +45,15 @@ from broker.metrics import (
     STORED,
 )
 from broker.publish import Publisher
-from broker.records import Alert, AlertResult, Origin, Rejection, ScoringInput
+from broker.records import Alert, AlertResult, Origin, Rejection, RejectReason, ScoringInput
 from broker.store import Store, object_key
 from broker.writer import FilterRunner, Writer, Written
 
 log = logging.getLogger(__name__)
 
 WORKER_ATTEMPTS = 3
+# Seconds between history reads while MongoDB is down (the loop polls Kafka meanwhile).
+HISTORY_RETRY_S = (0.5, 5.0)
 
 
 @dataclass
@@ -93,6 +102,8 @@ class Pipeline:
         filters: FilterRunner | None = None,
         filter_topic: Callable[[str], str] | None = None,
         health: Health | None = None,
+        guard: CrashGuard | None = None,
+        crash_marker: bytes | None = None,
     ) -> None:
         self.decoder = decoder
         self.dispatcher = dispatcher
@@ -101,32 +112,45 @@ class Pipeline:
         self.batch_seconds = batch_seconds
         self.max_in_flight = max_in_flight
         self.health = health or Health()
+        self.guard = guard
+        self.crash_marker = crash_marker  # test-only (broker.consume.TEST_CRASH_ENV)
         self.in_flight: deque[Batch] = deque()
+        # A batch read while MongoDB is down: its history is read again until it works.
+        self.pending: Batch | None = None
+        self._history_retry_at = 0.0
+        self._history_delay = HISTORY_RETRY_S[0]
         self.stats = RunStats()
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()  # run()'s: a stage failing once it is set is not retried
+        self.outages = {
+            name: Outage(name, self.health, held=self._held) for name in ("mongodb", "kafka")
+        }
         # One thread: batches are stored and published in the order they were read.
-        self.writer = Writer(store, publisher, self._add, filters, filter_topic)
+        self.writer = Writer(
+            store, publisher, self._add, filters, filter_topic,
+            outages={"store": self.outages["mongodb"], "filter": self.outages["mongodb"],
+                     "publish": self.outages["kafka"]},
+        )  # fmt: skip
         self.consumer: AlertConsumer = consumer_factory(self._on_revoke)
 
     def run(self, stop: threading.Event, exit_when_idle: float | None = None) -> RunStats:
-        """Process until `stop` is set, or the topics stay empty for `exit_when_idle` s."""
+        """Process until `stop` is set, or the topics stay empty for `exit_when_idle` s
+        (counted from when partitions are assigned, with no batch left uncommitted)."""
         last_message = time.monotonic()
         self.writer.stop = self._stop = stop
         try:
             while not stop.is_set():
                 self.health.tick()
                 self._finish_ready()
-                if len(self.in_flight) >= self.max_in_flight:
-                    self.consumer.pause()
-                    self._finish_oldest(timeout=self.batch_seconds)
+                if self.pending is not None or len(self.in_flight) >= self.max_in_flight:
+                    self._wait_paused()
                     continue
                 self.consumer.resume()
                 batch = self._read()
                 if batch.size:
                     last_message = time.monotonic()
                     self._submit(batch)
-                elif not self.in_flight and _idle(last_message, exit_when_idle):
+                elif self._idle(last_message, exit_when_idle):
                     log.info("no message for %.0f s: exiting", exit_when_idle)
                     break
             self.drain()
@@ -136,6 +160,28 @@ class Pipeline:
             self.writer.shutdown()
             self.consumer.close()
         return self.stats
+
+    def _wait_paused(self) -> None:
+        """Partitions paused, still polling (group membership): a pending batch's history
+        is read again, or the oldest batch is waited on for up to a batch interval."""
+        self.consumer.keep_alive()
+        if self.pending is not None:
+            if self._history_ready(self.pending):
+                batch, self.pending = self.pending, None
+                self._dispatch(batch)
+            else:
+                self._stop.wait(0.2)
+        elif self.in_flight:
+            self._finish_oldest(timeout=self.batch_seconds)
+
+    def _idle(self, last_message: float, exit_when_idle: float | None) -> bool:
+        assigned_at = self.consumer.assigned_at
+        if exit_when_idle is None or assigned_at is None or self.in_flight:
+            return False
+        return time.monotonic() - max(last_message, assigned_at) >= exit_when_idle
+
+    def _held(self) -> int:
+        return len(self.in_flight) + (self.pending is not None)
 
     def drain(self) -> None:
         """Finish every batch in flight (shutdown, or partitions being revoked)."""
@@ -148,18 +194,50 @@ class Pipeline:
         started = time.perf_counter()
         messages = self.consumer.poll_batch(self.batch_size, self.batch_seconds)
         batch = Batch()
+        # Recorded before decoding: a message that kills the process is found after it.
+        plan = self.guard.begin(_ranges(messages)) if self.guard and messages else Plan()
         for message in messages:
-            self._decode_into(batch, message)
+            self._take(batch, message, plan)
+        self._hold_isolated(batch)
         if batch.size:
             self._timed("decode", started)
             BATCH_SIZE.observe(batch.size)
             self.stats.messages += batch.size
         return batch
 
+    def _take(self, batch: Batch, message: Message, plan: Plan) -> None:
+        key = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        limit = self.guard.limit(key) if self.guard else None
+        if limit is not None and offset > limit:
+            return  # isolating: read again once the half before it is committed
+        if plan.poison.get(key) != offset:
+            self._decode_into(batch, message)
+            return
+        origin = Origin(*key, offset)
+        batch.offsets[key] = offset + 1
+        detail = (
+            f"the broker died {plan.deaths[key]} times at offsets including it; isolated by "
+            "bisection (kafka.poison_after_deaths) and not decoded"
+        )
+        log.error("poison message at %s: %s", origin, detail)
+        batch.rejections.append(
+            Rejection(RejectReason.POISON, detail, message.value() or b"", origin)
+        )
+
+    def _hold_isolated(self, batch: Batch) -> None:
+        """Isolating partitions read nothing more until this batch is committed."""
+        if self.guard is None:
+            return
+        for key, next_offset in batch.offsets.items():
+            if self.guard.limit(key) is not None:
+                self.consumer.hold(key, next_offset)
+
     def _decode_into(self, batch: Batch, message: Message) -> None:
         origin = Origin(message.topic() or "", message.partition() or 0, message.offset() or 0)
         batch.offsets[(origin.topic, origin.partition)] = origin.offset + 1
         raw = message.value() or b""
+        crash_if_marked(raw, self.crash_marker)
         try:
             alert = self.decoder.decode(raw, origin)
         except BadAlert as exc:
@@ -173,12 +251,31 @@ class Pipeline:
     # -- scoring --------------------------------------------------------------
 
     def _submit(self, batch: Batch) -> None:
+        self.pending = batch  # until its history is read: the loop keeps polling meanwhile
+        if self._history_ready(batch):
+            self.pending = None
+            self._dispatch(batch)
+
+    def _history_ready(self, batch: Batch) -> bool:
+        """One attempt at the batch's history read (MongoDB down: False, retried later)."""
+        if time.monotonic() < self._history_retry_at:
+            return False
         started = time.perf_counter()
         batch.history_seq = self.writer.added.mark()
-        batch.stored_history = retry_transient(
-            lambda: self.store.read_history(batch.alerts), what="history", stop=self._stop
-        )
+        outage = self.outages["mongodb"]
+        try:
+            batch.stored_history = self.store.read_history(batch.alerts)
+        except TransientError as exc:
+            outage.failed(exc)
+            self._history_retry_at = time.monotonic() + self._history_delay
+            self._history_delay = min(self._history_delay * 2, HISTORY_RETRY_S[1])
+            return False
+        outage.recovered()
+        self._history_delay = HISTORY_RETRY_S[0]
         self._timed("history", started)
+        return True
+
+    def _dispatch(self, batch: Batch) -> None:
         batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
         if batch.inputs:
             batch.future = self.dispatcher.submit(batch.inputs)
@@ -223,8 +320,12 @@ class Pipeline:
         assert batch.written is not None
         written = batch.written.result()  # re-raises what the writer could not handle
         started = time.perf_counter()
-        retry_transient(lambda: self.consumer.commit(batch.offsets), what="commit", stop=self._stop)
+        retry_transient(
+            lambda: self.consumer.commit(batch.offsets),
+            what="commit", stop=self._stop, outage=self.outages["kafka"],
+        )  # fmt: skip
         self._timed("commit", started)
+        self._committed(batch.offsets)
         self._count(written.alerts, written.results, written.rejections)
         STAGE_SECONDS.labels("batch").observe(time.monotonic() - batch.read_at)
         log.info(
@@ -235,6 +336,14 @@ class Pipeline:
         self.in_flight.popleft()
         self.writer.added.trim(self.in_flight[0].history_seq if self.in_flight else None)
         IN_FLIGHT.set(len(self.in_flight))
+
+    def _committed(self, offsets: Offsets) -> None:
+        """The crash-loop records move on; isolated partitions are read again."""
+        if self.guard is None:
+            return
+        for key, next_offset in offsets.items():
+            self.guard.committed(key, next_offset)
+            self.consumer.release(key)
 
     def _results(self, batch: Batch, timeout: float | None) -> list[AlertResult] | None:
         if batch.future is None:
@@ -320,5 +429,12 @@ def _written(batch: Batch) -> bool:
     return batch.written is not None and batch.written.done()
 
 
-def _idle(last_message: float, exit_when_idle: float | None) -> bool:
-    return exit_when_idle is not None and time.monotonic() - last_message >= exit_when_idle
+def _ranges(messages: list[Message]) -> dict[Partition, tuple[int, int]]:
+    """First and last offset read of each partition."""
+    ranges: dict[Partition, tuple[int, int]] = {}
+    for message in messages:
+        key = (message.topic() or "", message.partition() or 0)
+        offset = message.offset() or 0
+        first, last = ranges.get(key, (offset, offset))
+        ranges[key] = (min(first, offset), max(last, offset))
+    return ranges

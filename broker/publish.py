@@ -3,11 +3,15 @@
 Input: alerts with their worker results, rejections, filter matches. Output: Kafka
 messages, delivered (flush) before the caller commits offsets. Annotated alerts are the
 original packet plus a `nightjar` annotations record (schemas/nightjar/annotations.avsc),
-keyed by object id, from an idempotent producer.
+keyed by object id, from an idempotent producer. Rejected messages go as received; one the
+producer or the topic refuses (too large, or any other per-message error) goes instead as a
+`DeadLetterSummary` (schemas/nightjar/deadletter.avsc): reason, size, sha256, origin and first
+bytes, so that no single message can stop the stream.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -15,13 +19,14 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+import fastavro
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from broker import __version__
 from broker.avro.container import ContainerWriter, clean_schema
 from broker.decode import record_body
 from broker.errors import TransientError
-from broker.metrics import OUTPUT_LATENCY, PUBLISHED
+from broker.metrics import DEAD_LETTER_SUMMARIES, OUTPUT_LATENCY, PUBLISHED
 from broker.records import Alert, AlertResult, Rejection
 from broker.schema_registry import WriterSchemas
 
@@ -33,6 +38,7 @@ ANNOTATIONS_SCHEMA_PATH = (
 ANNOTATIONS_FIELD = "nightjar"
 # Header carrying the input message's timestamp (ms), for end-to-end latency.
 SOURCE_TS_HEADER = "nightjar-source-ts"
+Headers = list[tuple[str, str | bytes | None]]
 
 
 def load_annotations_schema() -> dict[str, Any]:
@@ -53,6 +59,93 @@ def annotations_record(result: AlertResult, now_ms: int) -> dict[str, Any]:
     }
 
 
+SUMMARY_SCHEMA_PATH = (
+    Path(__file__).resolve().parent.parent / "schemas" / "nightjar" / "deadletter.avsc"
+)
+CONTENT_HEADER = "nightjar-content"
+# Room for the key, headers and record framing beside the value, below message.max.bytes.
+PRODUCE_OVERHEAD = 16 * 1024
+# Delivery errors that concern the one message (its size or content), not the cluster:
+# producing it again would fail again, so its summary is produced instead.
+PER_MESSAGE_ERRORS = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError._INVALID_ARG,
+    }
+)
+
+
+def load_summary_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SUMMARY_SCHEMA_PATH.read_text())
+    return schema
+
+
+_PARSED = fastavro.parse_schema(load_summary_schema())
+
+
+def dead_letter_headers(rejection: Rejection) -> Headers:
+    """Reason and origin, on the raw message and its summary alike."""
+    found: Headers = [
+        ("nightjar-reason", rejection.reason.encode()),
+        ("nightjar-detail", rejection.detail[:1000].encode()),
+    ]
+    if rejection.origin is not None:
+        found += [
+            ("nightjar-topic", rejection.origin.topic.encode()),
+            ("nightjar-partition", str(rejection.origin.partition).encode()),
+            ("nightjar-offset", str(rejection.origin.offset).encode()),
+        ]
+    if rejection.survey:
+        found.append(("nightjar-survey", rejection.survey.encode()))
+    return found
+
+
+def summary_record(rejection: Rejection, error: str) -> dict[str, Any]:
+    origin = rejection.origin
+    return {
+        "reason": rejection.reason,
+        "detail": rejection.detail[:1000],
+        "error": error[:1000],
+        "size": rejection.size,
+        "sha256": rejection.sha256(),
+        "topic": origin.topic if origin else None,
+        "partition": origin.partition if origin else None,
+        "offset": origin.offset if origin else None,
+        "survey": rejection.survey,
+        "head": rejection.head,
+    }
+
+
+def dead_letter_summary(rejection: Rejection, error: str) -> tuple[bytes, Headers]:
+    """The summary's value (a one-record Avro container file) and headers."""
+    out = io.BytesIO()
+    fastavro.writer(out, _PARSED, [summary_record(rejection, error)])
+    extra: Headers = [
+        (CONTENT_HEADER, b"summary"),
+        ("nightjar-size", str(rejection.size).encode()),
+        ("nightjar-sha256", rejection.sha256().encode()),
+    ]
+    return out.getvalue(), dead_letter_headers(rejection) + extra
+
+
+def read_summary(value: bytes) -> dict[str, Any]:
+    """A summary as a consumer reads it (tests, tools)."""
+    records = list(fastavro.reader(io.BytesIO(value)))
+    if len(records) != 1 or not isinstance(records[0], dict):
+        raise ValueError(f"a dead-letter summary holds one record, not {len(records)}")
+    return records[0]
+
+
+def fits_whole(rejection: Rejection, max_message_bytes: int) -> bool:
+    """Whether the raw bytes can go within the producer's message.max.bytes."""
+    return rejection.size + PRODUCE_OVERHEAD <= max_message_bytes
+
+
 class Publisher:
     """Produces to output and dead-letter topics; `flush()` confirms every delivery."""
 
@@ -64,13 +157,15 @@ class Publisher:
         dead_letter_topic: str,
     ) -> None:
         self._producer = Producer(dict(producer_config))
+        self._max_bytes = int(producer_config.get("message.max.bytes", 1_000_000))
         self._writer_schemas = writer_schemas  # filled by the decoder of the same broker
         self._output_topic = output_topic  # a template with {survey}
         self._dead_letter_topic = dead_letter_topic
         self._annotations_schema = load_annotations_schema()
         self._writers: dict[str, ContainerWriter] = {}
         self._failures: list[str] = []
-        self._pending = 0
+        # Dead-letter messages refused for their own sake: their summaries go at flush().
+        self._refused: list[tuple[Rejection, str]] = []
 
     def publish(
         self,
@@ -114,26 +209,54 @@ class Publisher:
         self._produce(topic, value, key, None)
 
     def dead_letter(self, rejections: Sequence[Rejection]) -> None:
-        """The raw bytes as received, with reason and origin in headers."""
+        """The raw bytes as received, with reason and origin in headers; a summary instead
+        when the bytes cannot be produced whole."""
         for rejection in rejections:
-            headers: list[tuple[str, str | bytes | None]] = [
-                ("nightjar-reason", rejection.reason.encode()),
-                ("nightjar-detail", rejection.detail[:1000].encode()),
-            ]
-            if rejection.origin is not None:
-                headers += [
-                    ("nightjar-topic", rejection.origin.topic.encode()),
-                    ("nightjar-partition", str(rejection.origin.partition).encode()),
-                    ("nightjar-offset", str(rejection.origin.offset).encode()),
-                ]
-            if rejection.survey:
-                headers.append(("nightjar-survey", rejection.survey.encode()))
             key = str(rejection.origin).encode() if rejection.origin else None
-            self._produce(self._dead_letter_topic, rejection.raw, key, headers)
+            if not fits_whole(rejection, self._max_bytes):
+                error = f"{rejection.size} bytes: above message.max.bytes ({self._max_bytes})"
+                self._dead_letter_summary(rejection, error)
+                continue
+            try:
+                self._produce(
+                    self._dead_letter_topic,
+                    rejection.raw,
+                    key,
+                    dead_letter_headers(rejection),
+                    self._dead_letter_delivered(rejection),
+                )
+            except KafkaException as exc:  # refused at once (e.g. MSG_SIZE_TOO_LARGE)
+                self._dead_letter_summary(rejection, str(exc))
+
+    def _dead_letter_summary(self, rejection: Rejection, error: str) -> None:
+        value, headers = dead_letter_summary(rejection, error)
+        DEAD_LETTER_SUMMARIES.labels(rejection.reason).inc()
+        log.warning(
+            "dead letter %s (%s, %d bytes) sent as a summary: %s",
+            rejection.origin, rejection.reason, rejection.size, error,
+        )  # fmt: skip
+        key = str(rejection.origin).encode() if rejection.origin else None
+        self._produce(self._dead_letter_topic, value, key, headers)
+
+    def _dead_letter_delivered(self, rejection: Rejection) -> Any:
+        def delivered(error: KafkaError | None, message: Message) -> None:
+            if error is not None and error.code() in PER_MESSAGE_ERRORS:
+                self._refused.append((rejection, error.str()))
+            else:
+                self._delivered(error, message)
+
+        return delivered
 
     def flush(self, timeout: float = 30.0) -> None:
         """Wait for every produced message; raise TransientError if any was not delivered."""
         remaining = self._producer.flush(timeout)
+        # Raw dead letters the topic refused (too large for the broker's limit): their
+        # summaries, confirmed in the same flush.
+        refused, self._refused = self._refused, []
+        for rejection, error in refused:
+            self._dead_letter_summary(rejection, error)
+        if refused:
+            remaining = self._producer.flush(timeout)
         failures, self._failures = self._failures, []
         if remaining:
             raise TransientError(f"{remaining} messages not delivered within {timeout:.0f} s")
@@ -146,11 +269,12 @@ class Publisher:
         value: bytes,
         key: bytes | None,
         headers: list[tuple[str, str | bytes | None]] | None,
+        on_delivery: Any = None,
     ) -> None:
         while True:
             try:
                 self._producer.produce(
-                    topic, value, key, headers=headers, on_delivery=self._delivered
+                    topic, value, key, headers=headers, on_delivery=on_delivery or self._delivered
                 )
                 return
             except BufferError:

@@ -7,6 +7,7 @@ come back as `AlertResult`, and are stored/published together. Survey field name
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -27,6 +28,20 @@ class RejectReason:
     MISSING_CUTOUTS = "missing_cutouts"
     JPEG_CUTOUTS = "jpeg_cutouts"  # schema 1.x stamps, not scoreable
     BAD_CUTOUTS = "bad_cutouts"  # unreadable FITS, or all-NaN / zero- or inf-norm stamp
+    POISON = (
+        "poison"  # killed the broker kafka.poison_after_deaths times (broker.consume.CrashGuard)
+    )
+
+    @classmethod
+    def codes(cls) -> frozenset[str]:
+        return frozenset(
+            value for name, value in vars(cls).items() if name.isupper() and isinstance(value, str)
+        )
+
+
+# The first bytes of a message kept where the whole message cannot be (dead-letter summary,
+# `rejected` documents above MongoDB's size limit).
+HEAD_BYTES = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +108,17 @@ class Rejection:
     survey: str | None = None
     candid: int | None = None
     object_id: str | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.raw)
+
+    @property
+    def head(self) -> bytes:
+        return self.raw[:HEAD_BYTES]
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.raw).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,6 +55,13 @@ class KafkaSettings(Section):
     # max_message_bytes. Messages that would need more are dead-lettered as oversized.
     max_decode_bytes: int | None = Field(default=None, gt=0)
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    # Static group membership (librdkafka group.instance.id): a restarted broker takes its
+    # partitions back at once. Unique per running broker: several brokers on one host need
+    # explicit names (the Helm chart uses the pod name); "" turns static membership off.
+    instance_name: str = Field(default_factory=socket.gethostname, max_length=249)
+    # Crash-loop protection: after this many consecutive deaths at the same uncommitted
+    # offsets the broker bisects that range and dead-letters the message that kills it.
+    poison_after_deaths: int = Field(default=3, ge=1, le=100)
     security_protocol: str | None = None
     sasl_mechanism: str | None = None
     sasl_username: str | None = None

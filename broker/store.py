@@ -1,7 +1,8 @@
 """Store stage: annotated alerts, object light curves and rejections into MongoDB.
 
 Input: alerts with their worker results, and rejections. Output: documents in `alerts`
-(one per alert, _id "<survey>:<candid>"), `objects` (light curve per object) and `rejected`.
+(one per alert, _id "<survey>:<candid>"), `objects` (light curve per object) and `rejected`
+(raw bytes up to MongoDB's document limit; size, sha256 and first bytes always).
 Every write is idempotent, so replaying a topic or re-running a batch after a crash adds
 no duplicate; the history of a batch is read with one query.
 """
@@ -33,6 +34,9 @@ DUPLICATE_KEY = 11000
 # command until the command ends: 100 updates in one bulk_write never finish and stall the
 # whole server. Smaller commands cost nothing on MongoDB.
 UPDATES_PER_COMMAND = 50
+# MongoDB's document limit (16 MiB) less room for the other fields (detail, origin, head):
+# larger raw bytes are not kept; their size, sha256 and first bytes are.
+MAX_STORED_RAW = 16 * 1024 * 1024 - 64 * 1024
 
 
 class AlertDocument(TypedDict):
@@ -74,7 +78,10 @@ class RejectedDocument(TypedDict):
     _id: str
     reason: str
     detail: str
-    raw: bytes
+    raw: bytes | None  # None above MAX_STORED_RAW: `head` holds the first bytes
+    head: bytes
+    size: int
+    sha256: str
     survey: str | None
     candid: int | None
     objectId: str | None
@@ -103,6 +110,8 @@ class Store:
         self.alerts = db["alerts"]
         self.objects = db["objects"]
         self.rejected = db["rejected"]
+        # Crash-loop records (broker.consume.CrashGuard): one per group, topic and partition.
+        self.crashloop = db["crashloop"]
         self._objects_writer = ThreadPoolExecutor(1, thread_name_prefix="nightjar-objects")
 
     def ensure_indexes(self) -> None:
@@ -260,7 +269,10 @@ def rejected_document(rejection: Rejection, now: datetime) -> RejectedDocument:
         _id=ident,
         reason=rejection.reason,
         detail=rejection.detail,
-        raw=rejection.raw,
+        raw=rejection.raw if rejection.size <= MAX_STORED_RAW else None,
+        head=rejection.head,
+        size=rejection.size,
+        sha256=rejection.sha256(),
         survey=rejection.survey,
         candid=rejection.candid,
         objectId=rejection.object_id,

@@ -16,7 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
-from broker.errors import retry_transient
+from broker.errors import WaitReport, retry_transient
 from broker.publish import Publisher
 from broker.records import Alert, AlertResult, Rejection
 from broker.store import AlertDocument, Store, object_key
@@ -103,12 +103,14 @@ class Writer:
         timed: Callable[[str, float], None],
         filters: FilterRunner | None = None,
         filter_topic: Callable[[str], str] | None = None,
+        outages: Mapping[str, WaitReport] | None = None,
     ) -> None:
         self.store = store
         self.publisher = publisher
         self.filters = filters
         self.filter_topic = filter_topic
         self.added = AddedPoints()
+        self._outages = dict(outages or {})  # stage -> where its waits are reported
         # Set by the main loop when it runs: a stage failing after that is not retried.
         self.stop = threading.Event()
         self._timed = timed  # seconds per stage, into the run's figures and metrics
@@ -137,8 +139,11 @@ class Writer:
         return Written(alerts, kept, rejections)
 
     def _retrying(self, stage: str, call: Callable[[], T]) -> T:
-        # Until it works, or the broker stops: the batch stays uncommitted either way.
-        return retry_transient(call, what=stage, stop=self.stop)
+        # Until it works, or the broker stops: the batch stays uncommitted either way. At
+        # most 5 s between tries: the stream resumes soon after the service is back.
+        return retry_transient(
+            call, what=stage, stop=self.stop, max_delay=5.0, outage=self._outages.get(stage)
+        )
 
     def _store(
         self,

@@ -170,14 +170,14 @@ def make_rig(
     topic_factory: TopicFactory,
     tmp_path: Path,
 ) -> Iterator[Callable[..., object]]:
-    """`make_rig(prefix, partitions=1)`: a broker rig (tests/pipeline_helpers.Rig) on a fresh
+    """`make_rig(prefix, partitions=1, config=None)`: a broker rig (pipeline_helpers.Rig) on a fresh
     input topic, this test's group and database; everything it made is removed after."""
     from tests.pipeline_helpers import open_rig
 
     with contextlib.ExitStack() as stack:
 
-        def make(prefix: str, partitions: int = 1) -> object:
-            topic = topic_factory(partitions=partitions, prefix=prefix)
+        def make(prefix: str, partitions: int = 1, config: dict[str, str] | None = None) -> object:
+            topic = topic_factory(partitions=partitions, prefix=prefix, config=config)
             return stack.enter_context(
                 open_rig(
                     kafka_admin,

@@ -72,6 +72,7 @@ class BrokerProcess:
     def __init__(self, env: Mapping[str, str], log_path: Path, args: Sequence[str]) -> None:
         self.log_path = log_path
         self.started = time.monotonic()
+        self.started_at = time.time()  # wall clock, to compare with the log's timestamps
         with log_path.open("wb") as log:
             self.popen = subprocess.Popen(
                 [str(NIGHTJAR), "--config", str(CONFIG), "run", *args],

@@ -12,6 +12,7 @@ import pytest
 from prometheus_client import REGISTRY
 
 from broker.health import Health, serve
+from tests.helpers import poll_until
 
 
 @pytest.fixture
@@ -71,3 +72,59 @@ def test_metrics_beside_the_probes(probe: tuple[Health, str]) -> None:
     status, body = _get(base + "/metrics")
     assert status == 200 and b"nightjar_consume_messages_total" in body
     assert _get(base + "/nope")[0] == 404
+
+
+def test_an_outage_warns_when_it_starts_while_it_lasts_and_when_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from broker.errors import TransientError, retry_transient
+    from broker.health import Outage
+
+    health = Health()
+    health.tick()
+    outage = Outage("mongodb", health, held=lambda: 3, every=3600)
+    calls = iter([TransientError("down"), TransientError("down"), TransientError("down"), "ok"])
+
+    def call() -> str:
+        result = next(calls)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    with caplog.at_level("WARNING"):
+        assert retry_transient(call, what="store", first_delay=0.01, outage=outage) == "ok"
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    # Three failures within `every`: one WARN for the start, one for the recovery, no more.
+    assert len(warnings) == 2, warnings
+    assert warnings[0] == "mongodb unreachable: waiting for it (3 batches held): down"
+    assert warnings[1].startswith("mongodb reachable again after ")
+    assert (
+        health.ready()[0]
+        and REGISTRY.get_sample_value("nightjar_dependency_blocked", {"dependency": "mongodb"}) == 0
+    )
+
+
+def test_a_long_outage_warns_again_and_blocks_readiness(caplog: pytest.LogCaptureFixture) -> None:
+    from broker.errors import TransientError
+    from broker.health import Outage
+
+    health = Health()
+    health.tick()
+    outage = Outage("kafka", health, every=0.05)
+    with caplog.at_level("WARNING"):
+        outage.failed(TransientError("broker down"))
+        outage.failed(TransientError("broker down"))
+        # Repeated by the timer, without another failure.
+        poll_until(
+            lambda: sum("still unreachable" in r.getMessage() for r in caplog.records) >= 2,
+            message="two repeated WARNs",
+        )
+    ready, body = health.ready()
+    assert not ready and body["blocked"][0]["dependency"] == "kafka"
+    assert REGISTRY.get_sample_value("nightjar_dependency_blocked", {"dependency": "kafka"}) == 1
+    assert "kafka still unreachable since " in caplog.records[-1].getMessage()
+    assert "batches held: broker down" in caplog.records[-1].getMessage()
+    outage.recovered()
+    outage.recovered()  # a second success reports nothing
+    assert health.ready()[0]
+    assert sum("reachable again" in r.getMessage() for r in caplog.records) == 1

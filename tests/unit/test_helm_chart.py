@@ -34,7 +34,7 @@ CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor"), ("keda.sh/v1alpha1"
 WORKLOADS = ("Deployment", "StatefulSet", "Job")
 SECRET_NAMES = re.compile(r"(URI|TOKEN|PASSWORD)$")
 # Settings keys another change adds; the chart may set them before that change lands.
-PENDING_SETTINGS = {("kafka", "instance_name")}
+PENDING_SETTINGS: set[tuple[str, str]] = set()
 
 Manifest = dict[str, Any]
 

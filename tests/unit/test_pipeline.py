@@ -137,8 +137,12 @@ class Stages:
         self.events: list[tuple[str, Any]] = []
         self.stored: list[Alert] = []
         self.results: list[AlertResult] = []
+        self.assigned_at = 0.0  # partitions assigned from the start
 
     # consumer
+    def keep_alive(self) -> None:
+        self.pause()
+
     def poll_batch(self, max_messages: int, timeout: float) -> list[FakeMessage]:
         return self.chunks.pop(0) if self.chunks else []
 

@@ -125,3 +125,40 @@ def test_annotations_schema_is_a_named_record_with_defaults_for_extra() -> None:
     assert (schema["namespace"], schema["name"]) == ("nightjar", "annotations")
     score = schema["fields"][2]["type"]["items"]
     assert {f["name"]: f.get("default") for f in score["fields"]}["extra"] == {}
+
+
+def test_a_dead_letter_summary_round_trips_through_its_schema() -> None:
+    from broker.publish import (
+        CONTENT_HEADER,
+        dead_letter_summary,
+        load_summary_schema,
+        read_summary,
+        summary_record,
+    )
+    from broker.records import HEAD_BYTES, Origin, Rejection
+
+    raw = bytes(range(256)) * 40
+    rejection = Rejection("oversized", "9 MiB", raw, Origin("ztf_1", 2, 345), "ztf")
+    value, headers = dead_letter_summary(rejection, "MSG_SIZE_TOO_LARGE")
+    record = read_summary(value)
+    assert record == summary_record(rejection, "MSG_SIZE_TOO_LARGE")
+    assert record["head"] == raw[:HEAD_BYTES] and record["size"] == len(raw)
+    assert (record["topic"], record["partition"], record["offset"]) == ("ztf_1", 2, 345)
+    assert record["sha256"] == rejection.sha256()
+    assert dict(headers)[CONTENT_HEADER] == b"summary"
+    assert dict(headers)["nightjar-reason"] == b"oversized"
+    # What a reader of the schema file (not fastavro's parsed copy) gets.
+    reader = fastavro.parse_schema(load_summary_schema())
+    assert next(fastavro.reader(io.BytesIO(value), reader_schema=reader)) == record
+
+
+def test_the_summary_schema_lists_every_reject_reason() -> None:
+    from broker.publish import load_summary_schema
+    from broker.records import RejectReason
+
+    doc = load_summary_schema()["doc"]
+    listed = set(
+        doc.split("Reason codes (broker.records.RejectReason): ")[1].rstrip(".").split(", ")
+    )
+    assert listed == RejectReason.codes()
+    assert "poison" in listed

@@ -141,3 +141,17 @@ def test_cli_exits_2_naming_the_field(
     assert main(["config", "show"]) == 2
     err = capsys.readouterr().err
     assert "configuration error" in err and "dispatch.max_in_flight" in err
+
+
+def test_static_membership_from_the_instance_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    from broker.consume import consumer_config
+    from broker.settings import Settings
+
+    assert Settings().kafka.instance_name == socket.gethostname()
+    config = consumer_config({}, "g", "earliest", "nightjar-broker-0")
+    assert config["group.instance.id"] == "nightjar-broker-0"
+    assert "group.instance.id" not in consumer_config({}, "g", "earliest", "")  # turned off
+    monkeypatch.setenv("NIGHTJAR_KAFKA__INSTANCE_NAME", "pod-3")
+    assert load_settings(None).kafka.instance_name == "pod-3"
