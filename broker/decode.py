@@ -26,6 +26,7 @@ from broker.schema_registry import (
     WriterSchema,
     WriterSchemas,
 )
+from broker.schema_repair import repair_defaults
 from broker.settings import SchemaSettings
 from broker.surveys import adapter_for
 
@@ -224,6 +225,16 @@ class Decoder:
         if not isinstance(plain, dict) or plain.get("type") != "record":
             raise undecodable("writer schema is not an Avro record schema")
         name = _full_name(plain)
+        plain, repairs = repair_defaults(plain)
+        if repairs:
+            # Logged once per schema: decoded schemas are cached by text and by id.
+            log.warning(
+                "writer schema %r: removed %d field defaults that do not match their types "
+                "(defaults do not change how its packets are read): %s",
+                name,
+                len(repairs),
+                "; ".join(repairs),
+            )
         try:
             parsed = cast(dict[str, Any], parse_schema(plain, named_schemas={}))
             digest = fingerprint(to_parsing_canonical_form(parsed), "SHA-256")
