@@ -26,9 +26,9 @@ from broker.schema_registry import (
     WriterSchema,
     WriterSchemas,
 )
-from broker.schema_repair import repair_defaults
 from broker.settings import SchemaSettings
 from broker.surveys import adapter_for
+from broker.surveys.schema_repair import repair_defaults
 
 log = logging.getLogger(__name__)
 

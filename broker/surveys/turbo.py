@@ -2,8 +2,8 @@
 
 ZTF's layout (objectId, candid, candidate, prv_candidates, gzip-FITS cutoutScience/
 Template/Difference). Its writer schema gives several fields defaults that do not match
-their types; broker.schema_repair drops those before parsing. The stream publishes no filter
-names for its `fid` (Kowalski posts the bare number, which SkyPortal refuses), so its points
+their types; surveys/schema_repair.py drops those before parsing. The stream publishes no
+filter names for its `fid` (Kowalski posts the bare number, which SkyPortal refuses), so its points
 are kept on the object but none is posted as SkyPortal photometry.
 """
 

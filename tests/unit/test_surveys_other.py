@@ -16,9 +16,9 @@ from broker.avro_container import zigzag_long
 from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import Alert, Annotation, ModelSkip, RejectReason, ScoringInput, Survey
-from broker.schema_repair import repair_defaults
 from broker.settings import ModelSettings, SchemaSettings
 from broker.surveys import surveys, tables
+from broker.surveys.schema_repair import repair_defaults
 from broker.tools.simulate import simulate
 from workers.annotate import Annotator
 

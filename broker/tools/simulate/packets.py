@@ -21,8 +21,8 @@ from typing import Any, cast
 import fastavro
 import numpy as np
 
-from broker.schema_repair import repair_defaults
 from broker.surveys import PacketLayout
+from broker.surveys.schema_repair import repair_defaults
 from broker.tools.simulate import SimulatedAlert
 from broker.tools.simulate.sky import Alert, SkyObject, SurveyProfile, Visit, history, schedule
 from broker.tools.simulate.stamps import StampSpec, fits_image, gzip_fits, triplet

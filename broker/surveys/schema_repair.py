@@ -1,4 +1,4 @@
-"""Writer-schema repair before parsing: field defaults that do not match their types.
+"""Writer-schema repair before decode parses it: field defaults that do not match their types.
 
 Input: a writer schema as plain JSON data (from a container header or a registry).
 Output: the same schema with each such default removed, and what was removed. A default
