@@ -7,7 +7,7 @@ adapter module (ztf.py, lsst.py) has the same three functions and a TABLES recor
 (`SurveyAdapter`); a new survey adds a module and its name to `ADAPTER_MODULES`, not a
 branch in any stage. Surveys whose packets are laid out like ZTF's (an object id, a
 `candidate`, a history array and three stamp fields) describe that layout with a
-`PacketLayout` and build their Alert with `packet_alert`.
+`PacketLayout`; a `LayoutAdapter` of it gives their matches, schema_version and to_alert.
 """
 
 from __future__ import annotations
@@ -278,3 +278,35 @@ def declared_version(schema: Mapping[str, Any]) -> str:
         if isinstance(field, Mapping) and field.get("name") == "schemavsn":
             return str(field.get("default") or "unknown")
     return "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class LayoutAdapter:
+    """`matches`, `schema_version` and `to_alert` of a ZTF-like survey with one record name."""
+
+    record_name: str
+    layout: PacketLayout
+
+    def matches(self, record_name: str) -> bool:
+        return record_name == self.record_name
+
+    def schema_version(self, schema: Mapping[str, Any]) -> str:
+        return declared_version(schema)
+
+    def to_alert(
+        self,
+        packet: dict[str, Any],
+        *,
+        schema_version: str,
+        schema_key: str,
+        raw: bytes,
+        origin: Origin | None,
+    ) -> Alert:
+        return packet_alert(
+            self.layout,
+            packet,
+            schema_version=schema_version,
+            schema_key=schema_key,
+            raw=raw,
+            origin=origin,
+        )

@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from broker.records import Alert, Origin, PhotPoint
-from broker.surveys import PacketLayout, SurveyTables, declared_version, packet_alert
+from broker.records import PhotPoint
+from broker.surveys import LayoutAdapter, PacketLayout, SurveyTables
 
 RECORD_NAME = "turbo.alert"
 LAYOUT = PacketLayout(
@@ -27,25 +27,9 @@ LAYOUT = PacketLayout(
 )
 
 
-def matches(record_name: str) -> bool:
-    return record_name == RECORD_NAME
-
-
-def schema_version(schema: Mapping[str, Any]) -> str:
-    return declared_version(schema)
-
-
-def to_alert(
-    packet: dict[str, Any],
-    *,
-    schema_version: str,
-    schema_key: str,
-    raw: bytes,
-    origin: Origin | None,
-) -> Alert:
-    return packet_alert(
-        LAYOUT, packet, schema_version=schema_version, schema_key=schema_key, raw=raw, origin=origin
-    )
+ADAPTER = LayoutAdapter(RECORD_NAME, LAYOUT)
+# The module is the adapter (broker.surveys.ADAPTER_MODULES): its three functions.
+matches, schema_version, to_alert = ADAPTER.matches, ADAPTER.schema_version, ADAPTER.to_alert
 
 
 def photometry_point(row: Mapping[str, Any]) -> PhotPoint | None:
