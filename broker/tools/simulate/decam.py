@@ -37,6 +37,7 @@ SPEC = PacketSpec(
     score_field="reliability",
     measure=forced_fluxes,
     detections_only=False,
+    candid_base=1_400_000_000,
 )
 
 

@@ -45,6 +45,9 @@ class PacketSpec:
     score_field: str  # the packet's own real/bogus score
     # (visit, object, rng) -> the photometric fields of one detection or forced point
     measure: Callable[[Visit, SkyObject, np.random.Generator], dict[str, Any]]
+    # First detection id: each survey its own range, so that simulated candids do not
+    # repeat across surveys (the outbox keys jobs by candid and filter).
+    candid_base: int
     detections_only: bool = True  # history holds detections only (no limit rows)
 
 
@@ -74,7 +77,7 @@ def _packet(
     spec: PacketSpec, fields: Mapping[str, Any], alert: Alert, rng: np.random.Generator
 ) -> dict[str, Any]:
     layout = spec.layout
-    candid = _candid(alert.obj, alert.visit)
+    candid = _candid(spec, alert.obj, alert.visit)
     candidate = _row(spec, _record(fields["candidate"]), alert.obj, alert.visit, rng)
     candidate[spec.score_field] = _score(alert.obj, rng)
     earlier = [v for v in history(alert) if v.mag is not None or not spec.detections_only]
@@ -106,7 +109,7 @@ def _row(
         spec.layout.time_field: time,
         "ra": obj.ra + float(jitter[0]) / max(math.cos(math.radians(obj.dec)), 1e-3),
         "dec": obj.dec + float(jitter[1]),
-        "candid": _candid(obj, visit),
+        "candid": _candid(spec, obj, visit),
         "fwhm": visit.fwhm,
         **spec.measure(visit, obj, rng),
     }
@@ -154,9 +157,9 @@ def _positive(kind: Any, positive: bool) -> Any:
     return (1.0 if positive else 0.0) if branches[0] in ("float", "double") else int(positive)
 
 
-def _candid(obj: SkyObject, visit: Visit) -> int:
+def _candid(spec: PacketSpec, obj: SkyObject, visit: Visit) -> int:
     """A detection id unique per (object, visit), the same in every alert that lists it."""
-    return 100_000_000 + obj.serial * 1_000 + visit.position
+    return spec.candid_base + obj.serial * 1_000 + visit.position
 
 
 def _object_id(prefix: str, obj: SkyObject) -> str:

@@ -36,6 +36,7 @@ SPEC = PacketSpec(
     score_field="drb",
     measure=magnitudes,
     detections_only=False,
+    candid_base=1_200_000_000,
 )
 
 

@@ -37,6 +37,7 @@ SPEC = PacketSpec(
     score_field="rb",
     measure=magnitudes,
     detections_only=False,
+    candid_base=1_300_000_000,
 )
 
 

@@ -35,6 +35,7 @@ SPEC = PacketSpec(
     band_values={"Y": 1, "J": 2, "H": 3},  # mirar's filter ids
     score_field="rb",
     measure=magnitudes,
+    candid_base=1_100_000_000,
 )
 
 
