@@ -29,6 +29,7 @@ from broker.schema_registry import (
 )
 from broker.settings import DECODE_BYTES_FACTOR, SchemaSettings
 from broker.surveys import SurveyAdapter, adapter_for
+from broker.surveys.schema_repair import repair_defaults
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,16 @@ class Decoder:
         if not isinstance(plain, dict) or plain.get("type") != "record":
             raise undecodable("writer schema is not an Avro record schema")
         name = _full_name(plain)
+        plain, repairs = repair_defaults(plain)
+        if repairs:
+            # Logged once per schema: decoded schemas are cached by text and by id.
+            log.warning(
+                "writer schema %r: removed %d field defaults that do not match their types "
+                "(defaults do not change how its packets are read): %s",
+                name,
+                len(repairs),
+                "; ".join(repairs),
+            )
         adapter = adapter_for(name)
         if adapter is None:
             raise BadAlert(

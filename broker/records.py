@@ -12,14 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Survey = Literal["ztf", "lsst"]
+# Every survey with an adapter in broker/surveys (checked equal in a test).
+Survey = Literal["ztf", "lsst", "winter", "pgir", "turbo", "decam"]
 
 
 class RejectReason:
     """Stable reason codes for rejected alerts (metric label, dead-letter header)."""
 
     UNDECODABLE = "undecodable"  # not Avro, truncated, corrupt
-    UNKNOWN_SCHEMA = "unknown_schema"  # LSST schema id not in the registry
+    UNKNOWN_SCHEMA = "unknown_schema"  # no survey adapter, or LSST schema id not in the registry
     BAD_SCHEMA = "bad_schema"  # writer schema malformed, absurd, or not the survey's
     OVERSIZED = "oversized"  # above kafka.max_message_bytes, or kafka.max_decode_bytes decoded
     MISSING_FIELD = "missing_field"  # no objectId / candid / position
@@ -58,7 +59,7 @@ class Origin:
 
 @dataclass(frozen=True, slots=True)
 class Cutouts:
-    """The three image stamps as they arrived (gzip FITS for ZTF, FITS for LSST)."""
+    """The three image stamps as they arrived (gzip FITS for most surveys, FITS for LSST)."""
 
     science: bytes
     template: bytes
@@ -71,7 +72,8 @@ class Alert:
 
     `candidate` is the triggering detection (ZTF `candidate`, LSST `diaSource`) with
     survey field names; `history` the packet's earlier detections and limits
-    (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`), oldest first.
+    (ZTF `prv_candidates`, LSST `prvDiaSources` + `prvDiaForcedSources`, DECam `fp_hists`),
+    oldest first.
     `packet` is the whole decoded record (cutouts included, the same bytes objects);
     `schema_key` names the writer schema in `broker.schema_registry.WriterSchemas`.
     """
@@ -143,10 +145,14 @@ class ScoringInput:
 
 @dataclass(frozen=True, slots=True)
 class Annotation:
-    """One model's verdict on one alert."""
+    """One model's verdict on one alert.
+
+    `version` is the model's version; None when a score carried from the packet does not
+    say which model made it (never the packet's schema version, which the alert records).
+    """
 
     model: str
-    version: str
+    version: str | None
     score: float
     extra: Mapping[str, float] = field(default_factory=dict)
 

@@ -215,7 +215,11 @@ class FritzServerSettings(Section):
     tokens: list[SecretStr] = Field(default_factory=list)
     tokens_file: Path | None = None
     groups: dict[int, str] = Field(default_factory=lambda: {1: "Nightjar"})
-    streams: dict[int, str] = Field(default_factory=lambda: {1: "ZTF Public", 2: "LSST Public"})
+    streams: dict[int, str] = Field(
+        default_factory=lambda: {
+            1: "ZTF Public", 2: "LSST Public", 3: "WINTER", 4: "PGIR", 5: "TURBO", 6: "DECam DESIRT"
+        }
+    )  # fmt: skip
     # Test-only: POST /_test/faults makes the API answer errors or stall (never in production).
     faults_enabled: bool = False
 
@@ -227,9 +231,14 @@ class FritzSettings(Section):
     # Secret: NIGHTJAR_FRITZ__TOKEN in the environment, or fritz.token_file.
     token: SecretStr | None = None
     token_file: Path | None = None
-    # SkyPortal instrument id per survey, and streams the photometry is shared with.
-    instrument_ids: dict[str, int] = Field(default_factory=lambda: {"ztf": 1, "lsst": 2})
-    stream_ids: list[int] = Field(default_factory=list)
+    # SkyPortal instrument id per survey, and streams the photometry is shared with: one
+    # list for every survey, or a list per survey ({ztf: [1], winter: [3]}; others: none).
+    instrument_ids: dict[str, int] = Field(
+        default_factory=lambda: {
+            "ztf": 1, "lsst": 2, "winter": 3, "pgir": 4, "turbo": 5, "decam": 6
+        }
+    )  # fmt: skip
+    stream_ids: list[int] | dict[str, list[int]] = Field(default_factory=list)
     origin: str = "Nightjar"
     timeout_seconds: float = Field(default=10.0, gt=0)
     # A claimed job is held this long; a crashed sender's jobs are picked up after it.
@@ -256,6 +265,12 @@ class FritzSettings(Section):
                 f"({self.timeout_seconds})"
             )
         return self
+
+    def streams_for(self, survey: str) -> list[int]:
+        """The stream ids the photometry of `survey` is shared with."""
+        if isinstance(self.stream_ids, dict):
+            return list(self.stream_ids.get(survey, []))
+        return list(self.stream_ids)
 
     def api_token(self) -> str | None:
         """The poster's token (file first), or None when neither is set."""

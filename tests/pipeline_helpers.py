@@ -43,13 +43,14 @@ from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import Alert
 from broker.settings import SchemaSettings
+from broker.surveys import surveys
 from tests.helpers import poll_until
 
 REPO = Path(__file__).resolve().parent.parent
 NIGHTJAR = Path(sys.executable).parent / "nightjar"
 CONFIG = REPO / "config" / "nightjar.yaml"
 REFERENCE = REPO.parent / "shared" / "reference"
-SURVEYS = ("ztf", "lsst")
+SURVEYS = surveys()  # an output topic for each, created per rig
 # Long enough to cover a consumer-group join on a loaded 2-core CI machine.
 EXIT_WHEN_IDLE_S = 4.0
 

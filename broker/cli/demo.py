@@ -23,6 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--ztf", type=int, default=500, help="simulated ZTF alerts (default 500)")
     parser.add_argument("--lsst", type=int, default=200, help="simulated LSST alerts (default 200)")
+    parser.add_argument(
+        "--others",
+        type=int,
+        default=5,
+        help="simulated alerts of each other survey: WINTER, PGIR, TURBO, DECam (default 5)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
     parser.add_argument(
         "--reference",
@@ -60,12 +66,13 @@ def run(args: argparse.Namespace) -> int:
         # Refused posts are summed up in the filters table (e.g. candidates an earlier
         # demo already posted to the Fritz-like service); one log line each is noise here.
         logging.getLogger("broker.post.sender").setLevel(logging.CRITICAL)
-    if min(args.ztf, args.lsst, args.seed) < 0:
-        print("nightjar demo: --ztf, --lsst and --seed must be >= 0", file=sys.stderr)
+    if min(args.ztf, args.lsst, args.others, args.seed) < 0:
+        print("nightjar demo: --ztf, --lsst, --others and --seed must be >= 0", file=sys.stderr)
         return 2
     options = DemoOptions(
         ztf=args.ztf,
         lsst=args.lsst,
+        others=args.others,
         seed=args.seed,
         reference=args.reference if args.reference.is_dir() else None,
         state_dir=args.dir,

@@ -253,7 +253,7 @@ class Sender:
             job["object_id"],
             points,
             instrument_id=instrument_id,
-            stream_ids=self.fritz.stream_ids,
+            stream_ids=self.fritz.streams_for(job["survey"]),
             group_ids=job["group_ids"],
         )
         _, result = self.client.call("photometry", "PUT", "/api/photometry", payload=payload)

@@ -7,7 +7,6 @@ objectId and JPEG stamps, and are rejected (missing_field). History is `prv_cand
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,8 +17,7 @@ from broker.surveys import (
     SurveyTables,
     cutouts,
     finite,
-    limit_fluxerr,
-    mag_to_flux,
+    magnitude_point,
     required_id,
     required_number,
     sorted_by,
@@ -28,7 +26,6 @@ from broker.surveys import (
 RECORD_NAME = "ztf.alert"
 # SkyPortal filter names of ZTF's filter ids (fid).
 FILTERS = {1: "ztfg", 2: "ztfr", 3: "ztfi"}
-_POSITIVE = frozenset({"t", "T", "1", "y", "Y", "true", "True"})
 # The newest schema ZTF publishes, shipped in schemas/: every embedded writer schema must
 # resolve against it (broker.avro.guard). (folder, .avsc files with named types first)
 READER_SCHEMA = ("ztf/4.02", ("cutout", "candidate", "prv_candidate", "fp_hist", "alert"))
@@ -99,30 +96,7 @@ def photometry_point(row: Mapping[str, Any]) -> PhotPoint | None:
     jd, fid, limit = finite(row.get("jd")), row.get("fid"), finite(row.get("diffmaglim"))
     if jd is None or fid not in FILTERS or limit is None or limit <= 0:
         return None  # Kowalski drops rows without a positive diffmaglim too
-    mag, sigma = finite(row.get("magpsf")), finite(row.get("sigmapsf"))
-    mjd, band = jd - JD_MJD_OFFSET, FILTERS[fid]
-    if mag is None:
-        return PhotPoint(mjd=mjd, filter=band, flux=None, fluxerr=limit_fluxerr(limit))
-    if sigma is None:
-        return None
-    flux = mag_to_flux(mag) * (1.0 if is_positive(row.get("isdiffpos")) else -1.0)
-    return PhotPoint(
-        mjd=mjd,
-        filter=band,
-        flux=flux,
-        fluxerr=abs(sigma * flux * math.log(10) / 2.5),
-        ra=finite(row.get("ra")),
-        dec=finite(row.get("dec")),
-    )
-
-
-def is_positive(isdiffpos: Any) -> bool:
-    """ZTF's isdiffpos: 't'/'1' (older packets) or true means science minus reference > 0."""
-    if isinstance(isdiffpos, bool):
-        return isdiffpos
-    if isinstance(isdiffpos, int | float):
-        return isdiffpos == 1
-    return str(isdiffpos) in _POSITIVE
+    return magnitude_point(row, jd - JD_MJD_OFFSET, FILTERS[fid])
 
 
 # Fields kept per light-curve point, in this order (broker.history).

@@ -22,6 +22,7 @@ from pymongo import MongoClient
 from broker.cli.fritz import fritz_server
 from broker.post.thumbnails import PNG_SIGNATURE, png_size
 from broker.settings import Settings
+from broker.surveys import surveys
 from broker.tools.demo.main import DemoOptions, DemoResult, forget, run_demo
 from broker.tools.demo.report import format_report
 from broker.tools.demo.where import where_to_look
@@ -107,9 +108,12 @@ def test_demo_fills_mongodb_kafka_the_table_the_gallery_and_fritz(
     real = REFERENCE.is_dir()
 
     # MongoDB: every replayed message is stored or rejected, and the table says the same.
-    stored = {s: db["alerts"].count_documents({"survey": s}) for s in ("ztf", "lsst")}
+    stored = {s: db["alerts"].count_documents({"survey": s}) for s in surveys()}
     rejected = db["rejected"].count_documents({})
     assert sum(result.produced.values()) == sum(stored.values()) + rejected
+    # A few of each other survey (simulated, plus the real samples): all stored, all shown.
+    for survey in ("winter", "pgir", "turbo", "decam"):
+        assert stored[survey] == result.produced[names.input_topic(survey)] >= 5, survey
     simulated = [alert.candid for alert in simulate("ztf", ZTF, seed=0)]
     assert db["alerts"].count_documents({"candid": {"$in": simulated}}) == ZTF
     simulated_lsst = [alert.candid for alert in simulate("lsst", LSST, seed=0)]
@@ -128,6 +132,7 @@ def test_demo_fills_mongodb_kafka_the_table_the_gallery_and_fritz(
 
     # Kafka: one annotated message per stored alert on the output topic, readable as Avro.
     assert rows["ztf"].published == stored["ztf"] and rows["lsst"].published == stored["lsst"]
+    assert all(rows[s].published == rows[s].read == stored[s] for s in ("winter", "decam"))
     record = first_record(result.settings, names.output_topic("ztf"))
     doc = db["alerts"].find_one({"_id": f"ztf:{record['candid']}"})
     assert doc is not None and doc["objectId"] == record["objectId"]

@@ -11,9 +11,14 @@ def test_demo_topics_match_the_configured_patterns_and_are_fresh() -> None:
     names = DemoNames(run="012345", night="20260102")
     assert names.ztf_topic == "ztf_20260102012345_programid1"
     assert unmatched_topics(names, load_settings(DEFAULT_CONFIG).kafka.topics) == []
-    assert unmatched_topics(names, ["^ztf_[0-9]+_programid[0-9]+$"]) == [names.lsst_topic]
-    assert unmatched_topics(names, [names.lsst_topic, "^ztf_"]) == []
-    assert len(set(names.topics(["bts", "comets"]))) == 7
+    others = [names.input_topic(s) for s in ("winter", "pgir", "turbo", "decam")]
+    assert others == ["winter_20260102012345", "pgir_20260102012345", "turbo_20260102012345",
+                      "decam_20260102012345"]  # fmt: skip
+    unmatched = unmatched_topics(names, ["^ztf_[0-9]+_programid[0-9]+$"])
+    assert unmatched == [names.lsst_topic, *others]
+    assert unmatched_topics(names, [names.lsst_topic, "^ztf_", *others]) == []
+    # Six surveys' input and output topics, the dead-letter topic and two filter topics.
+    assert len(set(names.topics(["bts", "comets"]))) == 15
     fresh = DemoNames.fresh()
     assert len(fresh.run) == 6 and fresh.run.isdigit()
     assert len(fresh.night) == 8 and fresh.night.startswith("20")
@@ -23,7 +28,8 @@ def test_demo_settings_read_only_the_run_topics() -> None:
     names = DemoNames(run="000042", night="20260102")
     settings = demo_settings(Settings(), names, None)
     # Exact names: the configured patterns would also read everybody else's topics.
-    assert settings.kafka.topics == [names.ztf_topic, names.lsst_topic]
+    assert settings.kafka.topics[:2] == [names.ztf_topic, names.lsst_topic]
+    assert settings.kafka.topics == list(names.inputs().values())
     assert settings.kafka.group_id == "nightjar-demo-000042"
     assert settings.mongo.database == "nightjar_demo_000042"
     assert settings.kafka.output_topic_for("ztf") == "nightjar-demo-000042.ztf.annotated"

@@ -162,7 +162,7 @@ def test_ztf_files_are_standard_avro(decoder: Decoder) -> None:
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="known: lsst, ztf"):
+    with pytest.raises(ValueError, match="known: decam, lsst, pgir, turbo, winter, ztf"):
         list(iter_alerts("hubble", 1))
     with pytest.raises(ValueError, match=">= 0"):
         list(iter_alerts("ztf", -1))

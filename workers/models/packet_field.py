@@ -1,8 +1,10 @@
 """Scores the survey already computed, carried as annotations (ZTF `drb`, LSST `reliability`).
 
-Input: the candidate field named by the entry's options.field; the version from
-options.version_field (ZTF `drbversion`), the alert's schema version (options.version_from:
-schema_version) or the entry's version. Output: an Annotation, or ModelSkip when absent.
+Input: the candidate field named by the entry's options.field; the version from the
+candidate field named by options.version_field (ZTF `drbversion`, Rubin 11.1+
+`reliabilityVersion`), else the entry's version, unless options.version_fallback is false:
+then None, for a score whose model the packet does not name (never the schema version,
+which the stored alert records beside it). Output: an Annotation, or ModelSkip when absent.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ class PacketField(Model):
         super().__init__(spec, settings)
         self.field = str(spec.options["field"])
         self.version_field = spec.options.get("version_field")
-        self.version_from = spec.options.get("version_from")
+        self.fallback = spec.version if spec.options.get("version_fallback", True) else None
 
     def run(self, context: BatchContext) -> list[Outcome]:
         return [self._carry(item) for item in context.items]
@@ -34,15 +36,10 @@ class PacketField(Model):
             return ModelSkip(self.name, f"packet has no {self.field}")
         return Annotation(self.name, self._version(item), float(value))
 
-    def _version(self, item: ScoringInput) -> str:
+    def _version(self, item: ScoringInput) -> str | None:
         if self.version_field and item.candidate.get(self.version_field):
             return str(item.candidate[self.version_field])
-        if self.version_from:
-            # ScoringInput gains optional fields over time (e.g. schema_version); read softly.
-            value = getattr(item, str(self.version_from), None)
-            if value:
-                return str(value)
-        return self.spec.version
+        return self.fallback
 
 
 MODEL = PacketField

@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from broker.errors import ConfigError
+from broker.records import Survey
 
 SourceFormat = Literal["keras2_h5", "tf_savedmodel_tar", "onnx"]
 
@@ -86,7 +87,9 @@ class ModelSpec(_Strict):
     # The worker adapter that runs the entry: workers/models/<kind>.py.
     kind: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
     version: str
-    survey: Literal["ztf", "lsst"]
+    # The model runs only on this survey's alerts (workers.annotate): a model trained on
+    # one survey's stamps says nothing about another's.
+    survey: Survey
     description: str = ""
     source: Source | None = None
     inputs: tuple[TensorSpec, ...] = ()

@@ -1,6 +1,6 @@
 """`nightjar demo`: the whole broker on this machine in about a minute, for newcomers.
 
-Input: the settings, seeded simulated ZTF and LSST alerts and, when present, the real
+Input: the settings, seeded simulated alerts of every survey and, when present, the real
 sample alerts of ../shared/reference. Output: fresh demo topics and a database filled by an
 in-process broker run (and posts to the Fritz-like API), tables, and a PNG gallery.
 """
@@ -67,6 +67,7 @@ class DemoError(NightjarError):
 class DemoOptions:
     ztf: int = 500
     lsst: int = 200
+    others: int = 5  # simulated alerts of each other survey (WINTER, PGIR, TURBO, DECam)
     seed: int = 0
     reference: Path | None = DEFAULT_REFERENCE  # real sample alerts and the models mirror
     state_dir: Path = Path(".nightjar/demo")
@@ -129,17 +130,16 @@ def run_demo(base: Settings, options: DemoOptions, say: Say) -> DemoResult:
 def produce_inputs(
     settings: Settings, names: DemoNames, options: DemoOptions, say: Say
 ) -> dict[str, int]:
-    """Simulated plus real sample alerts into the run's two input topics."""
+    """Simulated plus real sample alerts into the run's input topics, one per survey."""
     create_topics(admin_client(settings), names.topics())
     config = default_producer_config(
         settings.kafka.bootstrap_servers,
         extra={k: v for k, v in client_config(settings).items() if k != "bootstrap.servers"},
     )
     produced = {}
-    for survey, topic, count in (
-        ("ztf", names.ztf_topic, options.ztf),
-        ("lsst", names.lsst_topic, options.lsst),
-    ):
+    counts = {"ztf": options.ztf, "lsst": options.lsst}
+    for survey, topic in names.inputs().items():
+        count = counts.get(survey, options.others)
         messages = list(iter_alerts(survey, count, options.seed))
         real = list(_real_alerts(options.reference, survey, settings.schemas))
         say(f"{survey}: {len(messages)} simulated + {len(real)} real sample alerts -> {topic}")
@@ -162,8 +162,13 @@ def with_reference_schemas(settings: Settings, reference: Path | None, say: Say)
 
 
 def _real_alerts(reference: Path | None, survey: str, schemas: SchemaSettings) -> Iterator[bytes]:
-    folder = reference / survey / "alerts" if reference is not None else None
-    if folder is None or not folder.is_dir():
+    """The reference folder's real alerts of `survey` (other surveys: other/<survey>/)."""
+    if reference is None:
+        return
+    folder = reference / survey / "alerts"
+    if survey not in ("ztf", "lsst"):
+        folder = reference / "other" / survey
+    if not folder.is_dir():
         return
     decoder = Decoder(schemas, max_message_bytes=2**31)
     for name, raw in iter_alert_files([folder]):

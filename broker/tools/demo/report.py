@@ -19,12 +19,12 @@ from pymongo.database import Database
 
 from broker.errors import ConfigError
 from broker.settings import Settings
+from broker.surveys import surveys as survey_names
 from broker.tools.demo.setup import DemoNames
 from broker.tools.scratch import topic_counts
 from workers.models.manifest import read_manifest
 from workers.models.registry import ModelSpec, load_registry
 
-SURVEYS = ("ztf", "lsst")
 TOP = 5
 # Candidates are ranked by the first of these scores that any ZTF alert has.
 RANKING = ("btsbot", "drb")
@@ -67,9 +67,9 @@ class DemoReport:
 def collect(settings: Settings, names: DemoNames, db: Database[Any]) -> DemoReport:
     filters = [d.name for d in settings.filters.definitions if d.enabled]
     filter_topics = {name: settings.filters.topic_for(name) for name in filters}
-    outputs = {survey: names.output_topic(survey) for survey in SURVEYS}
+    outputs = {survey: names.output_topic(survey) for survey in survey_names()}
     counts = topic_counts(settings, [*outputs.values(), *filter_topics.values()])
-    inputs = {"ztf": names.ztf_topic, "lsst": names.lsst_topic}
+    inputs = names.inputs()
     rejected = rejected_by_survey(db, {topic: survey for survey, topic in inputs.items()})
     registry = load_registry(settings.models.registry)
     tally = tally_alerts(db)
@@ -86,7 +86,7 @@ def collect(settings: Settings, names: DemoNames, db: Database[Any]) -> DemoRepo
                 if spec.survey == survey
             },
         )
-        for survey in SURVEYS
+        for survey in survey_names()
     ]
     ranked_by, top = top_candidates(db, tally)
     outbox, failures = outbox_counts(db, filters)

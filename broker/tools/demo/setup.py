@@ -19,6 +19,7 @@ from pathlib import Path
 
 from broker.errors import ConfigError, NightjarError, ServiceError
 from broker.settings import FritzSettings, Settings
+from broker.surveys import surveys
 from broker.tools.models.fetch import fetch as fetch_model
 from broker.tools.models.inventory import model_inventory
 from broker.tools.scratch import admin_client, delete_topics, drop_database, unreachable
@@ -54,6 +55,18 @@ class DemoNames:
     def lsst_topic(self) -> str:
         return f"lsst-alerts-demo-{self.run}"
 
+    def input_topic(self, survey: str) -> str:
+        """The run's input topic of `survey` (names the configured patterns match)."""
+        if survey == "ztf":
+            return self.ztf_topic
+        if survey == "lsst":
+            return self.lsst_topic
+        return f"{survey}_{self.night}{self.run}"
+
+    def inputs(self) -> dict[str, str]:
+        """Input topic of every survey."""
+        return {survey: self.input_topic(survey) for survey in surveys()}
+
     @property
     def prefix(self) -> str:
         return f"nightjar-demo-{self.run}"
@@ -80,10 +93,8 @@ class DemoNames:
     def topics(self, filters: Sequence[str] = ()) -> list[str]:
         """Every topic the run creates or the broker writes to."""
         return [
-            self.ztf_topic,
-            self.lsst_topic,
-            self.output_topic("ztf"),
-            self.output_topic("lsst"),
+            *self.inputs().values(),
+            *(self.output_topic(survey) for survey in surveys()),
             self.dead_letter,
             *(self.filter_template.format(filter=name) for name in filters),
         ]
@@ -95,7 +106,7 @@ def demo_settings(base: Settings, names: DemoNames, fritz: FritzSettings | None)
         update={
             # Exact names, not the configured patterns: those would also read other
             # people's (and earlier demos') topics from the beginning.
-            "topics": [names.ztf_topic, names.lsst_topic],
+            "topics": list(names.inputs().values()),
             "group_id": names.prefix,
             "output_topic": names.output_template,
             "dead_letter_topic": names.dead_letter,
@@ -118,7 +129,7 @@ def unmatched_topics(names: DemoNames, patterns: Sequence[str]) -> list[str]:
     def picked(topic: str) -> bool:
         return any(re.search(p, topic) if p.startswith("^") else p == topic for p in patterns)
 
-    return [topic for topic in (names.ztf_topic, names.lsst_topic) if not picked(topic)]
+    return [topic for topic in names.inputs().values() if not picked(topic)]
 
 
 def ensure_services(settings: Settings, say: Say, start: bool) -> bool:

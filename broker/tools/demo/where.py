@@ -40,12 +40,13 @@ def where_to_look(result: DemoResult) -> str:
         "Where to look",
         f"  MongoDB      {uri}  database {names.database}  collections {COLLECTIONS}",
         f"               {mongo_line}",
-        f"  Kafka        {bootstrap}  output {output}, {names.output_topic('lsst')}",
+        f"  Kafka        {bootstrap}  output {output}, {names.output_topic('lsst')}, ... "
+        "(one per survey)",
         f"               dead letters {names.dead_letter}  filter matches "
         f"{settings.filters.topic_template}",
         f"               {kafka_line}",
-        f"  Inputs       {names.ztf_topic}, {names.lsst_topic} (kafka.topics patterns pick "
-        "such topics up)",
+        f"  Inputs       {', '.join(names.inputs().values())}",
+        "               (kafka.topics patterns pick such topics up)",
         f"  Metrics      {result.metrics_url or 'http://127.0.0.1:9108/metrics'} (while a "
         "broker runs: `nightjar run`)",
         f"  Fritz-like   {_fritz_page(result)}",

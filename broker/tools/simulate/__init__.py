@@ -1,7 +1,8 @@
-"""Simulated alerts: schema-valid, seeded and reproducible ZTF and LSST alert streams.
+"""Simulated alerts: schema-valid, seeded and reproducible alert streams of every survey.
 
-Input: survey name, count and seed. Output: alerts in the survey's wire format (ZTF Avro
-container files; LSST Confluent-framed Avro, schema id 1100), the same bytes for the same
+Input: survey name, count and seed. Output: alerts in the survey's wire format (Avro
+container files: ZTF, WINTER, PGIR, TURBO, DECam; LSST Confluent-framed Avro, schema id
+1100; the others from their schemas by `packets.py`), the same bytes for the same
 seed. Objects have several alerts over days, light curves, history and FITS cutouts.
 """
 
@@ -14,7 +15,10 @@ from typing import Protocol, cast
 
 from broker.tools.simulate.stamps import BOGUS_KINDS
 
-SIMULATORS = {"ztf": "broker.tools.simulate.ztf", "lsst": "broker.tools.simulate.lsst"}
+SIMULATORS = {
+    survey: f"broker.tools.simulate.{survey}"
+    for survey in ("ztf", "lsst", "winter", "pgir", "turbo", "decam")
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,7 +123,9 @@ def _make_object(rng: np.random.Generator, profile: SurveyProfile, serial: int) 
         visits = _supernova(rng, profile, times)
         star_like = float(rng.beta(1.0, 6.0))
     elif kind == VARIABLE:
-        star_mag = float(rng.uniform(14.5, min(profile.depth.values()) - 1.0))
+        depth = min(profile.depth.values())
+        # Stars from 14.5 mag down to 1 mag above the limit (shallow surveys: 4 mag range).
+        star_mag = float(rng.uniform(min(14.5, depth - 5.0), depth - 1.0))
         visits = _variable(rng, profile, times, star_mag)
         star_like = float(rng.beta(8.0, 1.0))
     else:

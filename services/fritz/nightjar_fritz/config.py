@@ -44,7 +44,11 @@ class ServerSection(BaseModel):
     tokens: list[SecretStr] = Field(default_factory=list)
     tokens_file: Path | None = None
     groups: dict[int, str] = Field(default_factory=lambda: {1: "Nightjar"})
-    streams: dict[int, str] = Field(default_factory=lambda: {1: "ZTF Public", 2: "LSST Public"})
+    streams: dict[int, str] = Field(
+        default_factory=lambda: {
+            1: "ZTF Public", 2: "LSST Public", 3: "WINTER", 4: "PGIR", 5: "TURBO", 6: "DECam DESIRT"
+        }
+    )  # fmt: skip
     # Test-only: POST /_test/faults makes the API answer errors or stall (never in production).
     faults_enabled: bool = False
 

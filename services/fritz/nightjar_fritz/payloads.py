@@ -23,8 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 # SkyPortal's ALLOWED_BANDPASSES includes these (and many more we do not need).
 BANDPASSES = frozenset(
-    {"ztfg", "ztfr", "ztfi", "lsstu", "lsstg", "lsstr", "lssti", "lsstz", "lssty"}
-)
+    {
+        "ztfg", "ztfr", "ztfi", "lsstu", "lsstg", "lsstr", "lssti", "lsstz", "lssty",
+        "ps1::y", "2massj", "2massh", "2massks", "desu", "desg", "desr", "desi", "desz", "desy",
+    }
+)  # fmt: skip
 MAGSYSTEMS = frozenset({"ab", "vega", "bd17", "csp", "ab-b12"})
 TTYPES = frozenset({"new", "ref", "sub", "sdss", "dr8", "ls", "ps1", "new_gz", "ref_gz", "sub_gz"})
 # SkyPortal stores flux in microjansky, AB: magnitude 23.9 is 1 uJy (models/photometry.py

@@ -21,6 +21,9 @@ COLOURS = {
     "ztfg": "#2e8b57", "ztfr": "#c0392b", "ztfi": "#d4a017",
     "lsstu": "#6a0dad", "lsstg": "#2e8b57", "lsstr": "#c0392b", "lssti": "#d4a017",
     "lsstz": "#555555", "lssty": "#333333",
+    "ps1::y": "#7f5539", "2massj": "#8e44ad", "2massh": "#5d4037", "2massks": "#3e2723",
+    "desu": "#6a0dad", "desg": "#2e8b57", "desr": "#c0392b", "desi": "#d4a017",
+    "desz": "#555555", "desy": "#333333",
 }  # fmt: skip
 _LIMIT_NSIGMA = 5.0
 
