@@ -1,10 +1,13 @@
-"""Writer-schema repair before decode parses it: field defaults that do not match their types.
+"""Writer-schema repair before decode parses it: wrong defaults and repeated field names.
 
 Input: a writer schema as plain JSON data (from a container header or a registry).
-Output: the same schema with each such default removed, and what was removed. A default
-never changes how a writer's data is read (it only fills a field missing from the writer
-when a reader schema asks for it), so dropping a wrong one keeps every packet's meaning;
-anything else wrong with a schema is left for the parser to refuse.
+Output: the same schema mended, and one line per repair. A default never changes how a
+writer's data is read (it only fills a field missing from the writer when a reader schema
+asks for it), so a default that does not match its type is dropped (TURBO). A field name
+repeated within a record (WINTER's candidate has `sgmag1` twice) is renamed `<name>_2`:
+Avro reads fields by position, so the bytes mean the same, and both values are kept where a
+dict would silently keep only the last. Anything else wrong with a schema is left for the
+schema guard and the parser to refuse.
 """
 
 from __future__ import annotations
@@ -44,7 +47,8 @@ def _repair(schema: Any, where: str, problems: list[str]) -> Any:
     repaired = dict(schema)
     if kind == "record" and isinstance(schema.get("fields"), list):
         name = f"{where}{schema.get('name', '?')}"
-        repaired["fields"] = [_field(f, name, problems) for f in schema["fields"]]
+        fields = [_field(f, name, problems) for f in schema["fields"]]
+        repaired["fields"] = _unique_names(fields, name, problems)
     elif kind == "array" and "items" in schema:
         repaired["items"] = _repair(schema["items"], where, problems)
     elif kind == "map" and "values" in schema:
@@ -66,6 +70,27 @@ def _field(field: Any, record: str, problems: list[str]) -> Any:
             f"type {_type_text(field.get('type'))}"
         )
     return repaired
+
+
+def _unique_names(fields: list[Any], record: str, problems: list[str]) -> list[Any]:
+    """Rename the second and later uses of a field name to <name>_2, <name>_3, ..."""
+    taken = {f.get("name") for f in fields if isinstance(f, Mapping)}
+    seen: set[Any] = set()
+    renamed: list[Any] = []
+    for field in fields:
+        name = field.get("name") if isinstance(field, Mapping) else None
+        if name is None or name not in seen:
+            seen.add(name)
+            renamed.append(field)
+            continue
+        number = 2
+        while f"{name}_{number}" in taken:
+            number += 1
+        new = f"{name}_{number}"
+        taken.add(new)
+        renamed.append({**field, "name": new})
+        problems.append(f"{record}.{name}: repeated field name, the later one read as {new!r}")
+    return renamed
 
 
 def _default_fits(default: Any, schema: Any) -> bool:

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, get_args
 
 import pytest
-from broker.avro.container import zigzag_long
 
+from broker.avro.container import zigzag_long
 from broker.decode import Decoder
 from broker.errors import BadAlert
 from broker.records import Alert, Annotation, ModelSkip, RejectReason, ScoringInput, Survey
@@ -139,8 +139,9 @@ def test_schemas_broken_otherwise_are_still_refused(decoder: Decoder) -> None:
     )  # fmt: skip
     with pytest.raises(BadAlert) as caught:
         decoder.decode(header)
-    assert caught.value.reason == RejectReason.UNDECODABLE
-    assert "not valid Avro" in caught.value.detail
+    # The schema guard refuses it before the parser is reached (broker.avro.guard).
+    assert caught.value.reason == RejectReason.BAD_SCHEMA
+    assert "no_such_type" in caught.value.detail
 
 
 def packet_scores(batch: list[ScoringInput]) -> list[tuple[Any, ...]]:
@@ -171,3 +172,15 @@ def test_simulated_alerts_decode(decoder: Decoder, survey: str) -> None:
     convert = tables(survey).photometry
     points = [convert(row) for a in decoded for row in (a.candidate, *a.history)]
     assert survey == "turbo" or sum(p is not None for p in points) >= 12
+
+
+def test_a_repeated_field_name_keeps_both_values() -> None:
+    schema = {"type": "record", "name": "candidate", "fields": [
+        {"name": "sgmag1", "type": "float"}, {"name": "x", "type": "int"},
+        {"name": "sgmag1", "type": "float"}, {"name": "sgmag1_2", "type": "int"},
+    ]}  # fmt: skip
+    repaired, problems = repair_defaults(schema)
+    names = [field["name"] for field in repaired["fields"]]
+    assert names == ["sgmag1", "x", "sgmag1_3", "sgmag1_2"]
+    assert problems == ["candidate.sgmag1: repeated field name, the later one read as 'sgmag1_3'"]
+    assert [f["name"] for f in schema["fields"]].count("sgmag1") == 2  # input untouched
