@@ -96,8 +96,10 @@ def new_owner_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
-def job_id_for(candid: int, filter_name: str) -> str:
-    return f"{candid}:{filter_name}"
+def job_id_for(survey: str, candid: int, filter_name: str) -> str:
+    """One job per (survey, candid, filter): candids are unique within a survey only (TURBO's
+    run 0-10), so a key without the survey would silently drop another survey's match."""
+    return f"{survey}:{candid}:{filter_name}"
 
 
 class Outbox:
@@ -244,7 +246,7 @@ class Outbox:
 
 def new_job(match: FilterMatch, now: datetime) -> JobDoc:
     return JobDoc(
-        _id=job_id_for(match.candid, match.filter),
+        _id=job_id_for(match.survey, match.candid, match.filter),
         candid=match.candid,
         filter=match.filter,
         alert_id=match.alert_id,

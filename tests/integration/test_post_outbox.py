@@ -41,8 +41,12 @@ def test_enqueue_is_idempotent_and_counted(mongo_db: Database[dict[str, Any]]) -
     assert outbox.enqueue(matches(7)) == 2  # a replayed, larger batch adds only what is new
     assert outbox.enqueue([]) == 0
     assert outbox.counts() == {"pending": 7}
-    job = mongo_db["outbox"].find_one({"_id": "100:bts"})
+    job = mongo_db["outbox"].find_one({"_id": "ztf:100:bts"})
     assert job is not None and job["status"] == "pending" and job["group_ids"] == [1]
+    # Candids are unique within a survey only: the same candid of another survey is its own job.
+    turbo = FilterMatch("bts", "turbo:100", 100, "TURBO1", "turbo", 1, (1,))
+    assert outbox.enqueue([turbo]) == 1
+    assert outbox.counts() == {"pending": 8}
     oldest = outbox.oldest_pending()
     assert oldest is not None and utcnow() - oldest < timedelta(minutes=1)
 
@@ -70,7 +74,7 @@ def test_concurrent_claims_are_exclusive(mongo_db: Database[dict[str, Any]]) -> 
         thread.start()
     for thread in threads:
         thread.join()
-    assert Counter(claimed) == Counter({f"{100 + i}:bts": 1 for i in range(40)})
+    assert Counter(claimed) == Counter({f"ztf:{100 + i}:bts": 1 for i in range(40)})
 
 
 def test_lease_expiry_hands_the_job_to_the_next_sender(mongo_db: Database[dict[str, Any]]) -> None:
@@ -98,10 +102,10 @@ def test_overwritten_attempts_counter_skips_dead_generations(
     outbox = Outbox(mongo_db)
     outbox.enqueue(matches(1))
     past = datetime.now(UTC) - timedelta(minutes=5)
-    mongo_db["outbox_claims"].insert_one({"_id": "100:bts#1", "job": "100:bts", "expires_at": past})
+    mongo_db["outbox_claims"].insert_one({"_id": "ztf:100:bts#1", "job": "ztf:100:bts", "expires_at": past})
     claim = outbox.claim("sender", lease_seconds=30)
     assert claim is not None and claim.generation == 2
-    job = mongo_db["outbox"].find_one({"_id": "100:bts"})
+    job = mongo_db["outbox"].find_one({"_id": "ztf:100:bts"})
     assert job is not None and job["attempts"] == 2
 
 
@@ -110,7 +114,7 @@ def test_live_token_means_someone_else_holds_the_job(mongo_db: Database[dict[str
     outbox.enqueue(matches(1))
     future = datetime.now(UTC) + timedelta(minutes=5)
     mongo_db["outbox_claims"].insert_one(
-        {"_id": "100:bts#1", "job": "100:bts", "expires_at": future}
+        {"_id": "ztf:100:bts#1", "job": "ztf:100:bts", "expires_at": future}
     )
     assert outbox.claim("sender", lease_seconds=30) is None
 
@@ -176,8 +180,8 @@ def test_shipped_filters_select_the_right_alerts(mongo_db: Database[dict[str, An
         (1,),
     )
     jobs = {job["_id"]: job for job in mongo_db["outbox"].find()}
-    assert set(jobs) == {"1:bts", "5:bts", "6:bts", "7:comets", "8:comets"}
-    assert jobs["7:comets"]["alert_id"] == "ztf:7" and jobs["7:comets"]["status"] == "pending"
+    assert set(jobs) == {"ztf:1:bts", "ztf:5:bts", "ztf:6:bts", "ztf:7:comets", "ztf:8:comets"}
+    assert jobs["ztf:7:comets"]["alert_id"] == "ztf:7" and jobs["ztf:7:comets"]["status"] == "pending"
     assert len(stage.run(docs)) == 5 and Outbox(mongo_db).counts() == {"pending": 5}  # replay
     assert stage.run([]) == []
 
