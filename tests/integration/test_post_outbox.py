@@ -102,7 +102,9 @@ def test_overwritten_attempts_counter_skips_dead_generations(
     outbox = Outbox(mongo_db)
     outbox.enqueue(matches(1))
     past = datetime.now(UTC) - timedelta(minutes=5)
-    mongo_db["outbox_claims"].insert_one({"_id": "ztf:100:bts#1", "job": "ztf:100:bts", "expires_at": past})
+    mongo_db["outbox_claims"].insert_one(
+        {"_id": "ztf:100:bts#1", "job": "ztf:100:bts", "expires_at": past}
+    )
     claim = outbox.claim("sender", lease_seconds=30)
     assert claim is not None and claim.generation == 2
     job = mongo_db["outbox"].find_one({"_id": "ztf:100:bts"})
@@ -181,7 +183,9 @@ def test_shipped_filters_select_the_right_alerts(mongo_db: Database[dict[str, An
     )
     jobs = {job["_id"]: job for job in mongo_db["outbox"].find()}
     assert set(jobs) == {"ztf:1:bts", "ztf:5:bts", "ztf:6:bts", "ztf:7:comets", "ztf:8:comets"}
-    assert jobs["ztf:7:comets"]["alert_id"] == "ztf:7" and jobs["ztf:7:comets"]["status"] == "pending"
+    assert (
+        jobs["ztf:7:comets"]["alert_id"] == "ztf:7" and jobs["ztf:7:comets"]["status"] == "pending"
+    )
     assert len(stage.run(docs)) == 5 and Outbox(mongo_db).counts() == {"pending": 5}  # replay
     assert stage.run([]) == []
 
