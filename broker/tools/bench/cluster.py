@@ -23,7 +23,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from broker.errors import NightjarError
-from broker.tools.bench.machine import _descendants, _process_cpu_seconds
+from broker.tools.bench.machine import _descendants
+from broker.tools.bench.machine import _process_cpu_seconds as process_cpu_seconds
 
 BIN = Path(sys.executable).parent
 START_TIMEOUT_S = 120.0
@@ -52,7 +53,7 @@ class Proc:
         return [self.popen.pid, *_descendants(self.popen.pid)]
 
     def cpu_seconds(self) -> float:
-        return sum(_process_cpu_seconds(pid) for pid in self.pids())
+        return sum(process_cpu_seconds(pid) for pid in self.pids())
 
     def peak_rss_mib(self) -> float:
         """Peak resident memory (VmHWM) of the largest process of the group, MiB."""
