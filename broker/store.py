@@ -20,7 +20,7 @@ import pymongo
 from pymongo.database import Database
 from pymongo.errors import BulkWriteError, ConnectionFailure, PyMongoError
 
-from broker import __version__, history, lightcurves
+from broker import __version__, history
 from broker.errors import TransientError
 from broker.records import Alert, AlertResult, Rejection
 from broker.settings import Settings
@@ -149,15 +149,13 @@ class Store:
         timings = {"store_alerts": alerts_seconds, "store_objects": objects.result()}
         return StoreResult(docs, added, timings)
 
-    def _update_objects(
-        self, updates: Sequence[pymongo.UpdateOne], added: lightcurves.Points
-    ) -> float:
+    def _update_objects(self, updates: Sequence[pymongo.UpdateOne], added: history.Points) -> float:
         started = time.perf_counter()
         with _transient("update objects"):
             for start in range(0, len(updates), UPDATES_PER_COMMAND):
                 _upsert(self.objects, updates[start : start + UPDATES_PER_COMMAND])
-            # Other brokers may have written the same objects meanwhile (lightcurves.py).
-            lightcurves.repair(self.objects, added, UPDATES_PER_COMMAND)
+            # Other brokers may have written the same objects meanwhile (history.repair).
+            history.repair(self.objects, added, UPDATES_PER_COMMAND)
         return time.perf_counter() - started
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:
