@@ -87,6 +87,10 @@ def run(args: argparse.Namespace) -> int:
         from broker.tools.bench.scaleout import run_scale_out
 
         document = run_scale_out(settings, args.scenario, args.n, not args.no_progress)
+        if args.scenario == "scaling":
+            from broker.tools.bench.scaleout import scaling_table
+
+            print(scaling_table(document["scenarios"]["scaling"]), file=sys.stderr)
     else:
         scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
         document = run_bench(

@@ -19,7 +19,7 @@ from broker.records import Origin
 from broker.settings import Settings
 from broker.tools.bench.ceiling import time_workers
 from broker.tools.bench.main import SEED, first_batch, simulated
-from broker.tools.bench.scale import CellSpec, run_cell
+from broker.tools.bench.scale import BROKER_STAGES, CellSpec, run_cell
 from broker.tools.bench.workload import cycled, long_history_objects
 from broker.tools.models.inventory import model_inventory
 from workers.annotate import Annotator
@@ -176,3 +176,22 @@ def short_measurement(settings: Settings, n: int, progress: bool) -> dict[str, A
     cell = run_cell(settings, CellSpec(1, 1, 2), messages, models)
     share = model_share(settings, messages)
     return {"scenarios": {"scaling": {"cells": [cell], "worker_model_share": share}}}
+
+
+def scaling_table(result: dict[str, Any]) -> str:
+    """The scaling cells as a Markdown table (the README's)."""
+    rows = [
+        "| brokers x workers (threads) | alerts/s | vs reference | CPU ms/alert: brokers "
+        "(decode/history/store/publish) | workers | scheduler | machine busy cores |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for cell in result["cells"]:
+        cpu = cell["cpu_ms_per_alert"]
+        stages = "/".join(f"{cpu['broker_stages'][s]:.1f}" for s in BROKER_STAGES[:4])
+        ratio = result["efficiency"].get(cell["label"], {}).get("rate_vs_reference", 1.0)
+        shape = f"{cell['brokers']} x {cell['workers'] or 'local'} ({cell['threads_per_worker']})"
+        rows.append(
+            f"| {shape} | {cell['alerts_per_s']} | {ratio:.2f} | {cpu['brokers']:.1f} ({stages}) "
+            f"| {cpu['workers']:.1f} | {cpu['scheduler']:.1f} | {cell['machine_busy_cores']} |"
+        )
+    return "\n".join(rows)
