@@ -12,7 +12,7 @@ import pytest
 from broker import history
 from broker.history import object_fix, surplus_forms
 from broker.tools.bench.plan import Costs, costs_from_bench, need, plan, plan_document, table
-from broker.tools.bench.scale import CellSpec, Sample, cell_document
+from broker.tools.bench.scale import CellSpec, Sample, cell_document, with_idle
 from broker.tools.bench.workload import CANDID_STRIDE, cycled
 from broker.tools.simulate import iter_alerts
 
@@ -108,3 +108,11 @@ def test_a_repair_adds_back_lost_points_and_pulls_poorer_forms() -> None:
                     {"$addToSet": {"lightcurve": {"$each": [lost]}}}]  # fmt: skip
     assert object_fix("ztf:A", [poor], {"ztf:A": [rich]}) == []
     assert history.point_key("ztf", poor) == history.point_key("ztf", rich)
+
+
+def test_idle_cores_are_taken_off_per_alert_at_the_cell_rate() -> None:
+    cell = {"alerts_per_s": 50.0, "cpu_ms_per_alert": {"workers": 10.0, "scheduler": 1.0}}
+    idle = {"worker-0": 0.05, "worker-1": 0.05, "scheduler": 0.02}
+    net = with_idle(cell, idle)["cpu_ms_per_alert_net_of_idle"]
+    assert net == {"workers": 8.0, "scheduler": 0.6}  # 0.1 cores / 50 alerts/s = 2 ms
+    assert "idle_cores" not in with_idle({"alerts_per_s": 1.0}, {})

@@ -36,6 +36,8 @@ BROKER_STAGES = ("decode", "history", "store", "publish", "commit")
 PARTITIONS = 4
 DRAIN_TIMEOUT_S = 1200.0
 SAMPLE_S = 0.1
+# Seconds the workers and scheduler are watched idle before the brokers start.
+IDLE_S = 5.0
 _METRIC = re.compile(
     r'^(nightjar_stage_seconds_sum)\{stage="(\w+)"\} (\S+)$|^(nightjar_consume_pauses_total) (\S+)$'
 )
@@ -88,12 +90,41 @@ def run_cell(
         env = _env(settings, names, models_dir)
         external = Cluster(logs, env)
         cleanup.callback(external.stop)
+        idle: dict[str, float] = {}
         if spec.workers:
             external.start(spec.workers, spec.threads)
+            idle = idle_cores([*external.workers, external.scheduler])
         brokers = _start_brokers(spec, env, external, logs, cleanup)
         first, last, peaks = _drain(settings, names, brokers, external, len(messages))
         metrics = [scrape(port) for _, port in brokers]
-    return cell_document(spec, first, last, metrics, peaks, produced_s=produced)
+    cell = cell_document(spec, first, last, metrics, peaks, produced_s=produced)
+    return with_idle(cell, idle)
+
+
+def idle_cores(processes: Sequence[Proc | None], seconds: float = IDLE_S) -> dict[str, float]:
+    """Cores each process keeps busy doing nothing (Dask heartbeats, event loops)."""
+    alive = [p for p in processes if p is not None]
+    before = {p.name: p.cpu_seconds() for p in alive}
+    started = time.monotonic()
+    time.sleep(seconds)
+    elapsed = time.monotonic() - started
+    return {p.name: round((p.cpu_seconds() - before[p.name]) / elapsed, 4) for p in alive}
+
+
+def with_idle(cell: dict[str, Any], idle: dict[str, float]) -> dict[str, Any]:
+    """The cell, plus the idle cores measured before it and the CPU per alert net of them:
+    a fixed cost per process per second, which weighs per alert as the rate falls."""
+    if not idle:
+        return cell
+    rate = cell["alerts_per_s"]
+    workers = sum(v for n, v in idle.items() if n.startswith("worker"))
+    cpu = cell["cpu_ms_per_alert"]
+    cell["idle_cores"] = idle
+    cell["cpu_ms_per_alert_net_of_idle"] = {
+        "workers": round(cpu["workers"] - 1000 * workers / rate, 3),
+        "scheduler": round(cpu["scheduler"] - 1000 * idle.get("scheduler", 0.0) / rate, 3),
+    }
+    return cell
 
 
 def _env(settings: Settings, names: dict[str, str], models_dir: Path) -> dict[str, str]:

@@ -182,7 +182,7 @@ def scaling_table(result: dict[str, Any]) -> str:
     """The scaling cells as a Markdown table (the README's)."""
     rows = [
         "| brokers x workers (threads) | alerts/s | vs reference | CPU ms/alert: brokers "
-        "(decode/history/store/publish) | workers | scheduler | machine busy cores |",
+        "(decode/history/store/publish) | workers (net of idle) | scheduler | machine busy cores |",
         "|---|---|---|---|---|---|---|",
     ]
     for cell in result["cells"]:
@@ -190,8 +190,10 @@ def scaling_table(result: dict[str, Any]) -> str:
         stages = "/".join(f"{cpu['broker_stages'][s]:.1f}" for s in BROKER_STAGES[:4])
         ratio = result["efficiency"].get(cell["label"], {}).get("rate_vs_reference", 1.0)
         shape = f"{cell['brokers']} x {cell['workers'] or 'local'} ({cell['threads_per_worker']})"
+        net = cell.get("cpu_ms_per_alert_net_of_idle", {}).get("workers")
+        workers = f"{cpu['workers']:.1f}" + ("" if net is None else f" ({net:.1f})")
         rows.append(
             f"| {shape} | {cell['alerts_per_s']} | {ratio:.2f} | {cpu['brokers']:.1f} ({stages}) "
-            f"| {cpu['workers']:.1f} | {cpu['scheduler']:.1f} | {cell['machine_busy_cores']} |"
+            f"| {workers} | {cpu['scheduler']:.1f} | {cell['machine_busy_cores']} |"
         )
     return "\n".join(rows)
