@@ -1,8 +1,8 @@
 """Scale-out scenarios of `nightjar bench`: brokers and workers as separate processes.
 
 Input: settings (services, models) and simulated ZTF alerts. Output: per run ("cell") the
-rate at which `nightjar run` processes in one consumer group drain a pre-produced backlog
-through an external Dask scheduler and `dask worker`s, and what each alert cost: CPU
+rate at which `nightjar run` processes in one consumer group drain a backlog produced at
+once (once every broker holds partitions) through an external Dask scheduler and `dask worker`s, and what each alert cost: CPU
 seconds of every process from /proc, split over the broker's stages by their measured
 wall time and over the workers' model and preprocessing time by an in-process timing of
 one batch; peak memory (VmHWM) and back-pressure pauses.
@@ -84,9 +84,13 @@ def run_cell(
         create_topics(admin, topics[1:])
         if seed_db is not None:
             seed_db(names["db"])
-        produced_at = time.monotonic()
-        produce_spread(settings.kafka.bootstrap_servers, names["in"], messages, PARTITIONS)
-        produced = time.monotonic() - produced_at
+        produced: list[float] = []
+
+        def produce() -> None:
+            started = time.monotonic()
+            produce_spread(settings.kafka.bootstrap_servers, names["in"], messages, PARTITIONS)
+            produced.append(time.monotonic() - started)
+
         env = _env(settings, names, models_dir)
         external = Cluster(logs, env)
         cleanup.callback(external.stop)
@@ -95,9 +99,9 @@ def run_cell(
             external.start(spec.workers, spec.threads)
             idle = idle_cores([*external.workers, external.scheduler])
         brokers = _start_brokers(spec, env, external, logs, cleanup)
-        first, last, peaks = _drain(settings, names, brokers, external, len(messages))
+        first, last, peaks = _drain(settings, names, brokers, external, len(messages), produce)
         metrics = [scrape(port) for _, port in brokers]
-    cell = cell_document(spec, first, last, metrics, peaks, produced_s=produced)
+    cell = cell_document(spec, first, last, metrics, peaks, produced_s=produced[0])
     return with_idle(cell, idle)
 
 
@@ -171,8 +175,12 @@ def _drain(
     brokers: list[tuple[Proc, int]],
     external: Cluster,
     total: int,
+    produce: Callable[[], None],
 ) -> tuple[Sample, Sample, dict[str, float]]:
-    """Samples at the first commit and at the last; peak memory of each process."""
+    """Once every broker holds partitions: a sample, the whole backlog produced at once, and
+    a sample at the last commit; peak memory of each process. Start-up (models loaded,
+    group joined) is left out, and every broker gets its share of the backlog (produced
+    earlier, the first broker to join would read all of it before the others joined)."""
     processes = {p.name: p for p, _ in brokers}
     processes.update({p.name: p for p in external.workers})
     if external.scheduler is not None:
@@ -190,14 +198,19 @@ def _drain(
                 cpu[proc.name] = own
         return Sample(time.monotonic(), done, cpu, machine_busy_seconds())
 
+    def joined() -> bool:
+        dead = [p.name for p in processes.values() if not p.running()]
+        if dead:
+            tails = "\n".join(processes[n].log()[-3000:] for n in dead)
+            raise procs.ClusterError(f"exited before the stream: {dead}\n{tails}")
+        return all(_reading(p) for p, _ in brokers)
+
+    procs.wait_until(joined, procs.START_TIMEOUT_S, "every broker assigned partitions", 0.2)
+    first = sample()
+    produce()
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    first: Sample | None = None
     while True:
         now = sample()
-        # The window opens when a broker is given partitions: it reads from then on (its
-        # models are loaded on the workers before it subscribes); start-up is left out.
-        if first is None and any(_reading(p) for p, _ in brokers):
-            first = now
         if now.committed >= total:
             break
         dead = [p.name for p in processes.values() if not p.running()]
@@ -206,7 +219,7 @@ def _drain(
             raise procs.ClusterError(f"drained {now.committed} of {total}; exited: {dead}\n{tails}")
         time.sleep(SAMPLE_S)
     peaks = {name: round(p.peak_rss_mib(), 1) for name, p in processes.items()}
-    return first or now, now, peaks
+    return first, now, peaks
 
 
 def _busy(first: Sample, last: Sample) -> float | None:

@@ -105,8 +105,8 @@ def burst(settings: Settings, n: int, progress: bool) -> dict[str, Any]:
     cell = run_cell(settings, CellSpec(1, 1, 2, f"burst of {n}"), messages, models)
     return {
         **cell,
-        # From the backlog in Kafka to every offset committed (the first batch's start-up
-        # excluded, as in every cell): add `produce_seconds` for a visit sent at once.
+        # From the visit's first message produced (the broker waiting, models loaded) to
+        # every offset committed; producing it took `produce_seconds` of that.
         "time_to_clear_s": round(cell["seconds"], 1),
         "load_average_before": before,
         "load_average_after": load(),
