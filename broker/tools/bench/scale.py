@@ -2,10 +2,10 @@
 
 Input: settings (services, models) and simulated ZTF alerts. Output: per run ("cell") the
 rate at which `nightjar run` processes in one consumer group drain a backlog produced at
-once (once every broker holds partitions) through an external Dask scheduler and `dask worker`s, and what each alert cost: CPU
-seconds of every process from /proc, split over the broker's stages by their measured
-wall time and over the workers' model and preprocessing time by an in-process timing of
-one batch; peak memory (VmHWM) and back-pressure pauses.
+once (when every broker holds partitions) through an external Dask scheduler and `dask
+worker`s, and what each alert cost: CPU seconds of every process from /proc, split over
+the broker's stages by their measured wall time; the workers' model share comes from an
+in-process timing of one batch; peak memory (VmHWM) and back-pressure pauses.
 """
 
 from __future__ import annotations
