@@ -11,6 +11,7 @@
 #   make rules-test   promtool checks and unit-tests the Prometheus alert rules
 #   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
 #   make demo | bench | models           nightjar demo / bench / models fetch
+#   make bench-scale                     scale-out bench: scaling, 40k burst, long history, plan
 #   make up / down    the docker compose deployment
 #   make helm         Helm (built from the Go module proxy once, cached in ~/.cache/nightjar/helm)
 #   make chart        lint and render the Kubernetes chart (deploy/kubernetes/nightjar)
@@ -63,8 +64,8 @@ DASHBOARDS := deploy/grafana/dashboards
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help venv system-deps lint format unit fuzz test services-up services-down \
-	services-status demo bench models up down clean rules-test prometheus helm chart \
-	chart-dashboards
+	services-status demo bench bench-scale models up down clean rules-test prometheus helm \
+	chart chart-dashboards
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -162,6 +163,14 @@ demo: $(STAMP)
 # what the README quotes. The JSON also lands in artifacts/bench.json.
 bench: models services-up
 	$(NIGHTJAR) bench --out artifacts/bench.json
+
+# Scale-out (minutes each, not part of `make bench`): brokers and dask workers as processes,
+# a 40,000-alert visit, long light curves, and the capacity plan from the scaling run.
+bench-scale: models services-up
+	$(NIGHTJAR) bench --scenario scaling --n 1000 --out artifacts/bench-scaling.json
+	$(NIGHTJAR) bench --scenario burst --n 40000 --out artifacts/bench-burst.json
+	$(NIGHTJAR) bench --scenario long-history --n 1000 --out artifacts/bench-long-history.json
+	$(NIGHTJAR) bench --plan --from artifacts/bench-scaling.json --out artifacts/plan.json
 
 models: $(STAMP)
 	@if [ -d $(MODELS_MIRROR) ]; then \

@@ -3,16 +3,22 @@
 A detection appears first as an alert's candidate and later in other alerts' history;
 points are built with the same fields in the same order so that MongoDB's $addToSet
 deduplicates them, and `merge` joins stored points with a packet's history for scoring.
+`repair` makes light curves that several brokers wrote at once hold each point once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+import pymongo
+
 from broker.records import Alert
 from broker.surveys import tables
+
+log = logging.getLogger(__name__)
 
 
 def clean_value(value: Any) -> Any:
@@ -83,3 +89,97 @@ def merge(
 
 def _time(value: Any) -> float:
     return float(value) if isinstance(value, int | float) and value == value else math.inf
+
+
+# -- Light curves shared by several brokers ----------------------------------------
+# Input: the `objects` collection and the points a batch's updates meant to add, per object
+# key. Output: the same collection, repaired; the number of objects that needed it.
+#
+# A broker stores an object's new points with one `$addToSet` upsert, knowing the points it
+# read before scoring (and what its own earlier batches added since). Brokers in one consumer
+# group do not know each other's batches, and the same object can reach two of them at once:
+# - each may add its own form of one detection (an alert's candidate carries fields, such as
+#   ZTF's drb, that the same detection in a later alert's history lacks), so $addToSet keeps
+#   both;
+# - FerretDB 1.x runs an update as read, change, write of the whole document, with no lock in
+#   between: an update that read the object before another's write undoes that write.
+# So, after its updates, a batch reads its objects back (one query) and repairs them with
+# per-point idempotent updates that MongoDB and FerretDB both run, no transaction: a missing
+# point is added again ($addToSet), a detection held in several forms keeps the fullest one
+# ($pullAll of the others: exact matches only). Any broker may repair any object, in any
+# order, any number of times: they all converge on the same light curve.
+#
+# What remains: a write that undoes ours after our read-back (another broker's update that
+# read the object before our write and wrote after our check, a window of one update). The
+# next alert of that object carries the lost detection in its history and adds it again.
+
+Points = Mapping[str, Sequence[Mapping[str, Any]]]
+
+# Read-back rounds: a repair can itself be undone by a concurrent write, so check again.
+ROUNDS = 3
+
+
+def repair(objects: Any, wanted: Points, chunk: int) -> int:
+    """Re-read the objects of `wanted` and fix them until none needs it; objects repaired.
+
+    `objects` is the pymongo collection; `chunk` the most updates sent in one command.
+    """
+    repaired: set[str] = set()
+    pending = dict(wanted)
+    for _ in range(ROUNDS):
+        stored = _light_curves(objects, sorted(pending))
+        fixes = {key: fix for key in pending if (fix := object_fix(key, pending[key], stored))}
+        if not fixes:
+            break
+        ops = [op for key in sorted(fixes) for op in fixes[key]]
+        for start in range(0, len(ops), chunk):
+            objects.bulk_write(ops[start : start + chunk], ordered=True)
+        repaired |= fixes.keys()
+        pending = {key: pending[key] for key in fixes}
+    if repaired:
+        log.info(
+            "repaired the light curves of %d objects written by another broker too", len(repaired)
+        )
+    return len(repaired)
+
+
+def object_fix(
+    key: str, wanted: Sequence[Mapping[str, Any]], stored: Mapping[str, list[dict[str, Any]]]
+) -> list[pymongo.UpdateOne]:
+    """The updates that make object `key` hold every `wanted` point once; [] if it does."""
+    survey = key.split(":", 1)[0]
+    curve = stored.get(key, [])
+    forms: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for point in curve:
+        forms.setdefault(point_key(survey, point), []).append(point)
+    missing = [p for p in wanted if point_key(survey, p) not in forms]
+    extra = [p for ident, held in forms.items() for p in surplus_forms(ident, held)]
+    ops = []
+    if extra:
+        ops.append(pymongo.UpdateOne({"_id": key}, {"$pullAll": {"lightcurve": extra}}))
+    if missing:
+        # No upsert: the batch's own upsert created the object; if it is gone, so be it.
+        ops.append(
+            pymongo.UpdateOne({"_id": key}, {"$addToSet": {"lightcurve": {"$each": missing}}})
+        )
+    return ops
+
+
+def surplus_forms(ident: tuple[Any, ...], held: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The forms of one detection to remove: all but the fullest (the same on every broker).
+
+    Upper limits have no id: their points are identical wherever they come from. Identical
+    copies cannot be told apart by $pullAll (it would remove every one), so none is pulled.
+    """
+    if ident[0] != "id" or len(held) < 2:
+        return []
+    keep = max(held, key=lambda p: (len(p), sorted(map(repr, p.items()))))
+    return [p for p in held if p != keep]
+
+
+def _light_curves(objects: Any, keys: list[str]) -> dict[str, list[dict[str, Any]]]:
+    if not keys:
+        return {}
+    # `_id` $in: an index lookup on MongoDB and on Nightjar's FerretDB (see history_filter).
+    cursor = objects.find({"_id": {"$in": keys}}, {"lightcurve": 1})
+    return {doc["_id"]: list(doc.get("lightcurve") or []) for doc in cursor}

@@ -24,6 +24,8 @@ log = logging.getLogger(__name__)
 PLUGIN_NAME = "nightjar-annotator"
 # The worker attribute that holds the process's Annotator.
 WORKER_ATTRIBUTE = "nightjar_annotator"
+# ... and the ModelSettings it was built from.
+SETTINGS_ATTRIBUTE = "nightjar_annotator_settings"
 
 _fallback: Annotator | None = None
 _fallback_lock = threading.Lock()
@@ -38,13 +40,25 @@ class AnnotatorPlugin(distributed.WorkerPlugin):
         self.models = models
 
     def setup(self, worker: distributed.Worker) -> None:
-        annotator = Annotator.from_settings(with_worker_environment(self.models))
+        models = with_worker_environment(self.models)
+        # Every broker sharing an external cluster registers this plugin when it starts (or
+        # restarts): same settings, same models, so the loaded ones are kept, not reloaded.
+        if getattr(worker, SETTINGS_ATTRIBUTE, None) == models and isinstance(
+            getattr(worker, WORKER_ATTRIBUTE, None), Annotator
+        ):
+            log.info("worker %s keeps its models (same settings)", worker.address)
+            return
+        annotator = Annotator.from_settings(models)
+        # One attribute swap: a task in flight keeps the Annotator it already holds.
         setattr(worker, WORKER_ATTRIBUTE, annotator)
+        setattr(worker, SETTINGS_ATTRIBUTE, models)
         log.info("worker %s loaded models: %s", worker.address, annotator.describe()["models"])
 
     def teardown(self, worker: distributed.Worker) -> None:
-        if hasattr(worker, WORKER_ATTRIBUTE):
-            delattr(worker, WORKER_ATTRIBUTE)
+        # Dask tears the plugin down before a re-registration sets it up again (another
+        # broker joining the cluster): the models stay loaded so that the tasks of the
+        # brokers already running never meet a worker without them; they go with the worker.
+        return None
 
 
 def with_worker_environment(models: ModelSettings) -> ModelSettings:

@@ -12,8 +12,12 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 from broker.settings import load_settings
+
+# Run only when asked: processes of their own, minutes each (not part of the default run).
+SCALE_OUT = ("scaling", "burst", "long-history")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,10 +38,29 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--scenario",
-        choices=[*SCENARIOS, "both"],
+        choices=[*SCENARIOS, "both", *SCALE_OUT],
         default="both",
-        help="passthrough (models off), models (installed models on CPU) or both (default)",
+        help="passthrough (models off), models (installed models on CPU) or both (default); "
+        "scaling (1-2 brokers x 1-4 `dask worker`s on an external scheduler, --n alerts per "
+        "cell), burst (--n alerts at once, e.g. 40000), long-history (fresh objects against "
+        "objects holding 300 points)",
     )
+    parser.add_argument(
+        "--plan",
+        action="store_true",
+        help="cores and GPUs needed for ZTF's busiest night, Rubin's 333 alerts/s and a "
+        "40,000-alert visit in 60 s, from --from FILE or a short measurement",
+    )
+    parser.add_argument(
+        "--from", dest="source", type=Path, default=None, help="a bench JSON with scaling cells"
+    )
+    parser.add_argument(
+        "--utilisation", type=float, default=0.7, help="planned busy share of a core (0.7)"
+    )
+    parser.add_argument(
+        "--gpu-rate", type=float, default=None, metavar="ALERTS_PER_S",
+        help="alerts/s one GPU scores with every model (measured or from the vendor)",
+    )  # fmt: skip
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON to this file")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.set_defaults(run=run)
@@ -58,18 +81,56 @@ def run(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"nightjar bench: {problem}", file=sys.stderr)
         return 1
-    scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
-    document = run_bench(
-        settings, args.n, scenarios, live_n=args.latency_n, progress=not args.no_progress
-    )
-    text = json.dumps(document, indent=2)
-    print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-        print(f"nightjar bench: written to {args.out}", file=sys.stderr)
+    if args.plan:
+        return _plan(args, settings)
+    if args.scenario in SCALE_OUT:
+        from broker.tools.bench.scaleout import run_scale_out
+
+        document = run_scale_out(settings, args.scenario, args.n, not args.no_progress)
+        if args.scenario == "scaling":
+            from broker.tools.bench.scaleout import scaling_table
+
+            print(scaling_table(document["scenarios"]["scaling"]), file=sys.stderr)
+    else:
+        scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
+        document = run_bench(
+            settings, args.n, scenarios, live_n=args.latency_n, progress=not args.no_progress
+        )
+    _emit(document, args.out)
     failed = [name for name, result in document["scenarios"].items() if "error" in result]
     if failed:
         print(f"nightjar bench: scenario {', '.join(failed)} failed (see above)", file=sys.stderr)
         return 1
+    return 0
+
+
+def _emit(document: dict[str, Any], out: Path | None) -> None:
+    text = json.dumps(document, indent=2)
+    print(text)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        print(f"nightjar bench: written to {out}", file=sys.stderr)
+
+
+def _plan(args: argparse.Namespace, settings: Any) -> int:
+    from broker.tools.bench.plan import costs_from_bench, plan_document, table
+    from broker.tools.bench.scaleout import PLAN_N, short_measurement
+
+    if args.source is not None:
+        try:
+            measured = json.loads(args.source.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"nightjar bench: cannot read {args.source}: {exc}", file=sys.stderr)
+            return 2
+    else:
+        measured = short_measurement(settings, min(args.n, PLAN_N), not args.no_progress)
+    try:
+        costs = costs_from_bench(measured)
+        document = plan_document(costs, args.utilisation, args.gpu_rate)
+    except ValueError as exc:
+        print(f"nightjar bench: {exc}", file=sys.stderr)
+        return 2
+    print(table(document), file=sys.stderr)
+    _emit(document, args.out)
     return 0

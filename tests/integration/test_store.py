@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -207,3 +208,82 @@ def test_a_write_reports_only_its_own_points_and_timings(store: Store, alerts: l
     assert replay.added == {}
     empty = store.write([], [], {})  # every alert of a batch rejected
     assert empty.added == {} and empty.timings == {}
+
+
+def two_brokers(mongo_uri: str, database: str) -> tuple[Store, Store, list[MongoClient[Any]]]:
+    """Two stores on their own connections, as two brokers of one consumer group have."""
+    clients: list[MongoClient[Any]] = [MongoClient(mongo_uri, socketTimeoutMS=60_000) for _ in "ab"]
+    first, second = (Store(client[database]) for client in clients)
+    return first, second, clients
+
+
+def assert_each_point_once(mongo_db: Db, alerts: Sequence[Alert], fullest: bool = True) -> None:
+    """Every point of every alert on its object once (`fullest`: in its fullest form).
+
+    The form a detection is kept in is the first stored when it was known to the writer
+    (a broker's own batches, or what it read); only brokers that did not know are merged."""
+    expected: dict[str, dict[Any, dict[str, Any]]] = {}
+    for alert in alerts:
+        points = expected.setdefault(object_key("ztf", alert.object_id), {})
+        for point in history.alert_points(alert):
+            ident = history.point_key("ztf", point)
+            if len(point) > len(points.get(ident, {})):
+                points[ident] = point
+    docs = {doc["_id"]: doc for doc in mongo_db["objects"].find()}
+    assert sorted(docs) == sorted(expected)
+    for key, points in expected.items():
+        stored = docs[key]["lightcurve"]
+        idents = [history.point_key("ztf", point) for point in stored]
+        assert len(idents) == len(set(idents)), f"{key}: a point twice"
+        assert set(idents) == set(points), f"{key}: points lost"
+        forms = {history.point_key("ztf", p): p for p in stored}
+        assert not fullest or forms == points, f"{key}: a detection kept in a poorer form"
+
+
+def test_two_brokers_writing_interleaved_batches_of_one_object_keep_each_point_once(
+    mongo_uri: str, mongo_db: Db, alerts: list[Alert]
+) -> None:
+    """Both read the object's history before either writes (they do not know each other's
+    batches): each would add its own form of the detections they share."""
+    ztf = [a for a in alerts if a.survey == "ztf"]
+    by_object: dict[str, list[Alert]] = {}
+    for alert in ztf:
+        by_object.setdefault(alert.object_id, []).append(alert)
+    busiest = sorted(max(by_object.values(), key=len), key=lambda a: a.jd)
+    assert len(busiest) >= 3
+    first, second, clients = two_brokers(mongo_uri, mongo_db.name)
+    try:
+        for start in range(0, len(busiest), 2):
+            mine, theirs = busiest[start : start + 1], busiest[start + 1 : start + 2]
+            read_mine, read_theirs = first.read_history(mine), second.read_history(theirs)
+            first.write(mine, results_for(mine), read_mine)
+            if theirs:
+                second.write(theirs, results_for(theirs), read_theirs)
+    finally:
+        for client in clients:
+            client.close()
+    assert_each_point_once(mongo_db, busiest)
+
+
+def test_two_brokers_writing_the_same_objects_at_once_lose_no_point(
+    mongo_uri: str, mongo_db: Db, alerts: list[Alert]
+) -> None:
+    """Concurrent updates of one object: FerretDB 1.x reads and rewrites the whole document,
+    so without the read-back repair one broker's points are undone by the other's write."""
+    ztf = sorted((a for a in alerts if a.survey == "ztf"), key=lambda a: a.jd)
+    first, second, clients = two_brokers(mongo_uri, mongo_db.name)
+
+    def broker(store: Store, share: Sequence[Alert]) -> None:
+        for start in range(0, len(share), 3):
+            batch = list(share[start : start + 3])
+            store.write(batch, results_for(batch), store.read_history(batch))
+
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            done = [pool.submit(broker, first, ztf[0::2]), pool.submit(broker, second, ztf[1::2])]
+            for future in done:
+                future.result(timeout=120)
+    finally:
+        for client in clients:
+            client.close()
+    assert_each_point_once(mongo_db, ztf, fullest=False)

@@ -282,6 +282,37 @@ def test_plugin_builds_one_annotator_per_worker(
     assert len(annotators) == 1
 
 
+def test_a_second_broker_registering_the_plugin_keeps_the_loaded_models(
+    model_settings: ModelSettings,
+    ztf_samples: list[tuple[Path, dict[str, Any], ScoringInput]],
+) -> None:
+    """Brokers sharing an external cluster each register the plugin: no reload, no gap."""
+    distributed = pytest.importorskip("distributed")
+    batch = [item for _, _, item in ztf_samples][:4]
+
+    def annotator_id(dask_worker: Any) -> int:
+        return id(getattr(dask_worker, plugin.WORKER_ATTRIBUTE))
+
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as first,
+        distributed.Client(cluster) as second,
+    ):
+        first.register_plugin(plugin.AnnotatorPlugin(model_settings))
+        before = set(first.run(annotator_id).values())
+        second.register_plugin(plugin.AnnotatorPlugin(model_settings))
+        kept = set(first.run(annotator_id).values())
+        other = model_settings.model_copy(update={"intra_op_threads": 2})
+        second.register_plugin(plugin.AnnotatorPlugin(other))
+        replaced = set(first.run(annotator_id).values())
+        results = first.submit(plugin.annotate_batch, batch, pure=False).result()
+    assert kept == before
+    assert replaced.isdisjoint(before)  # other settings: built anew
+    assert results == Annotator.from_settings(model_settings).annotate(batch)
+
+
 def test_annotate_batch_outside_dask_loads_lazily_once(
     monkeypatch: pytest.MonkeyPatch,
     model_settings: ModelSettings,
