@@ -22,7 +22,7 @@ import pymongo
 from pymongo.errors import PyMongoError
 
 from broker.errors import ConfigError, TransientError
-from broker.health import Health
+from broker.health import Health, Outage
 from broker.metrics import POST_JOBS, POST_OLDEST, POST_QUEUE, POST_SECONDS
 from broker.post.outbox import Claim, JobDoc, Outbox, new_owner_id, utcnow
 from broker.post.photometry import light_curve, photometry_payload
@@ -80,6 +80,7 @@ class Sender:
         self._gauges_at = 0.0
         self._outcomes: Counter[str] = Counter()  # since the last INFO summary
         self._on_close: list[Callable[[], None]] = [client.close]
+        self._watch(Health())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Sender:
@@ -108,13 +109,15 @@ class Sender:
         health: Health | None = None,
     ) -> None:
         """Post until `stop` is set (or nothing was due for `exit_when_idle` seconds)."""
+        if health is not None:
+            self._watch(health)
         log.info("sender %s posting outbox jobs to %s", self.owner, self.fritz.url)
         idle_since = time.monotonic()
         try:
             while not stop.is_set():
                 if health is not None:
                     health.tick()
-                if self._loop_once(stop, health):
+                if self._loop_once(stop):
                     idle_since = time.monotonic()
                     continue
                 if exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
@@ -125,17 +128,28 @@ class Sender:
             self._summarise()
             self.close()
 
-    def _loop_once(self, stop: threading.Event, health: Health | None = None) -> bool:
+    def _watch(self, health: Health) -> None:
+        """Outages of MongoDB and of Fritz are reported (one WARN when the wait starts, one
+        every 30 s, one on recovery) and drive `health` (/readyz, the blocked gauge)."""
+        self._mongo_outage = Outage("mongodb", health, self.outbox_pending)
+        self._fritz_outage = Outage("fritz", health, self.outbox_pending)
+
+    def outbox_pending(self) -> int:
+        """Jobs waiting, for the outage reports (-1 while MongoDB cannot say)."""
+        try:
+            return self.outbox.counts().get("pending", 0)
+        except PyMongoError:
+            return -1
+
+    def _loop_once(self, stop: threading.Event) -> bool:
         try:
             self._refresh_gauges()
             posted = self.post_next(stop)
-            if health is not None and health.unblock("mongodb"):
-                log.warning("sender: MongoDB answers again")
+            self._mongo_outage.recovered()
             return posted
         except PyMongoError as exc:
-            if health is not None:
-                health.block("mongodb", str(exc))
-            log.warning("sender: MongoDB error, retrying in %g s: %s", self.fritz.poll_seconds, exc)
+            self._mongo_outage.failed(exc)
+            log.debug("sender: MongoDB error, retrying in %g s: %s", self.fritz.poll_seconds, exc)
         except Exception:  # the top of the loop: one bad job must not stop the sender
             log.exception("sender: unexpected error; continuing")
         return False
@@ -148,9 +162,12 @@ class Sender:
         started = time.monotonic()
         try:
             self._post(claim, stop)
+            self._fritz_outage.recovered()
         except TransientError as exc:
+            self._fritz_outage.failed(exc)
             self._retry_later(claim, str(exc), timed_out=isinstance(exc, TimedOut))
         except Rejected as exc:
+            self._fritz_outage.recovered()  # it answered: refused, but reachable
             self._reject(claim, exc)
         except BadJob as exc:
             log.error("job %s cannot be posted: %s (kept as failed)", claim.job_id, exc)

@@ -258,7 +258,10 @@ def test_stalled_requests_time_out_and_still_land_once(
     assert sum(result == {"already_posted": True} for result in results) == 2
 
 
-def test_service_stopped_and_restarted(stack: Stack, alert_docs: list[AlertDocument]) -> None:
+def test_service_stopped_and_restarted(
+    stack: Stack, alert_docs: list[AlertDocument], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="broker.health")
     stack.filter_batch(alert_docs)
     stack.start_sender()
     poll_until(lambda: len(stack.writes()) >= 8, timeout=30, message="some posts landed")
@@ -271,6 +274,10 @@ def test_service_stopped_and_restarted(stack: Stack, alert_docs: list[AlertDocum
     stack.start_server()
     stack.wait_all("done", ALERTS - 1)
     assert_landed_once(stack, upserts_resent_allowed=1)
+    # The outage is told once when it starts and once when it ends (broker.health.Outage).
+    said = [r.getMessage() for r in caplog.records if r.name == "broker.health"]
+    assert sum(m.startswith("fritz unreachable") for m in said) == 1, said
+    assert sum(m.startswith("fritz reachable again") for m in said) == 1, said
 
 
 def test_sender_restarted_mid_queue(stack: Stack, alert_docs: list[AlertDocument]) -> None:
