@@ -60,8 +60,27 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
             if exc.name != f"broker.cli.{name}":
                 raise
             continue  # command not built yet in this checkout
-        module.add_parser(subparsers)
+        try:
+            module.add_parser(subparsers)
+        except ModuleNotFoundError as exc:
+            _unavailable(subparsers, name, exc)
     return parser
+
+
+def _unavailable(
+    subparsers: argparse._SubParsersAction, name: str, missing: ModuleNotFoundError
+) -> None:
+    """A tool whose libraries this install lacks (the service images leave out the [tools]
+    and [convert] extras): listed, and saying what to install, instead of breaking --help."""
+    hint = f"needs {missing.name}: pip install 'nightjar[tools,convert]'"
+    parser = subparsers.add_parser(name, help=f"(not installed here: {hint})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def refuse(args: argparse.Namespace) -> int:
+        print(f"nightjar {name}: not available in this install ({hint})", file=sys.stderr)
+        return 2
+
+    parser.set_defaults(run=refuse)
 
 
 def _command_in(argv: Sequence[str] | None) -> str | None:

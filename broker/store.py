@@ -308,6 +308,15 @@ def _upsert(collection: Any, updates: Sequence[pymongo.UpdateOne]) -> None:
         if not errors or any(e.get("code") != DUPLICATE_KEY for e in errors):
             raise  # not that race: as before, for the caller to see
         collection.bulk_write([updates[e["index"]] for e in errors], ordered=False)
+    except KeyError as exc:
+        # FerretDB 1.24 answers an update command in which an upsert lost that race with
+        # write errors but no nModified, which pymongo reads as KeyError('nModified'). Object
+        # updates are idempotent ($set, $addToSet; no $inc): send them again, the object
+        # exists now.
+        if exc.args != ("nModified",):
+            raise
+        log.info("objects created by another broker meanwhile: %d updates sent again", len(updates))
+        collection.bulk_write(updates, ordered=False)
 
 
 def _insert_ignoring_duplicates(collection: Any, docs: Sequence[Mapping[str, Any]]) -> None:

@@ -26,9 +26,9 @@ from typing import Any
 import pytest
 import requests
 from confluent_kafka.admin import AdminClient
-from nightjar_fritz.server import FritzServer
 from pymongo import MongoClient
 
+from broker.cli.fritz import fritz_server
 from broker.settings import Settings
 from broker.tools import observe
 from broker.tools.models.fetch import fetch
@@ -117,7 +117,7 @@ def fritz(mongo_uri: str, mongo_client: MongoClient[dict[str, Any]]) -> Iterator
          "fritz": {"server": {"port": 0, "database": database, "tokens": [TOKEN],
                               "faults_enabled": True}}}
     )  # fmt: skip
-    server = FritzServer(settings).start()
+    server = fritz_server(settings).start()
     try:
         # The first calls fail: the dashboards' Fritz errors and retries get data.
         requests.post(

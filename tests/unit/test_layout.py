@@ -178,3 +178,22 @@ def test_modules_and_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES:
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert too_long == []
+
+
+def test_help_lists_tools_whose_libraries_are_not_installed() -> None:
+    """The service images leave out the [tools] extra: `nightjar --help` still works there."""
+    script = (
+        "import sys\n"
+        "sys.modules['tqdm'] = None  # as if not installed\n"
+        "from broker.__main__ import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    listed = subprocess.run(
+        [sys.executable, "-c", script, "--help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "bench" in listed.stdout and "not installed here" in listed.stdout
+    refused = subprocess.run(
+        [sys.executable, "-c", script, "bench"], cwd=REPO, capture_output=True, text=True
+    )
+    assert refused.returncode == 2 and "nightjar[tools" in refused.stderr
