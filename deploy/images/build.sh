@@ -7,7 +7,8 @@
 #               `docker import`; a drop-in for python:3.11-slim (`python`, `pip` into /usr/local)
 #   2. wheels   a wheelhouse per image, `pip download`ed on the host (cp311, manylinux x86_64)
 #   3. images   `docker build --network none --build-arg BASE=...` with PIP_NO_INDEX and
-#               PIP_FIND_LINKS pointing pip at the wheels sent in the build context
+#               PIP_FIND_LINKS pointing pip at the wheels sent in the build context (under
+#               wheelhouse/; the Dockerfiles copy them to /wheelhouse or, with all, to /app)
 #
 # Everything slow is cached in $NIGHTJAR_CACHE (default ~/.cache/nightjar): the base tarball,
 # the wheelhouses (keyed by the dependency files) and Docker's layer cache; a second run takes
@@ -102,7 +103,7 @@ build() {
         | tar --null -c -f - -T - --ignore-failed-read -C "$stage" wheelhouse \
         | docker build --network none --quiet -t "$tag" -f "$dockerfile" \
             --build-arg BASE="$BASE" --build-arg PIP_NO_INDEX=1 \
-            --build-arg PIP_FIND_LINKS=/app/wheelhouse "$@" - >/dev/null
+            --build-arg PIP_FIND_LINKS="/wheelhouse /app/wheelhouse" "$@" - >/dev/null
     rm -rf "$stage"
     say "$tag built ($((SECONDS - began)) s)"
 }
@@ -122,9 +123,10 @@ main() {
                 service=$(wheelhouse service pyproject.toml)
                 build nightjar-worker:latest services/worker/Dockerfile "$service" ;;
             models)
-                models=$(wheelhouse convert pyproject.toml convert)
+                # `nightjar models fetch` is a tool (broker/tools): convert and tools extras.
+                models=$(wheelhouse models pyproject.toml convert tools)
                 build nightjar-models:latest services/broker/Dockerfile "$models" \
-                    --build-arg 'EXTRAS=[convert]' ;;
+                    --build-arg 'EXTRAS=[convert,tools]' ;;
             fritz)
                 # Today's Fritz image installs the repository's package (nightjar fritz serve).
                 fritz=$(wheelhouse service pyproject.toml)
