@@ -92,15 +92,21 @@ wheelhouse() {
 }
 
 # The build context of one image: the source tree as git sees it (tracked and new files,
-# nothing ignored) plus its wheels under wheelhouse/, streamed to `docker build -`.
+# nothing git ignores, less what the Dockerfile's .dockerignore names) plus its wheels
+# under wheelhouse/, streamed to `docker build -` (the classic builder: no buildx here).
 build() {
     local tag=$1 dockerfile=$2 wheels=$3; shift 3
     local stage="$CACHE/images/context-$tag" began=$SECONDS
     rm -rf "$stage" && mkdir -p "$stage"
     cp -al "$wheels" "$stage/wheelhouse" 2>/dev/null || cp -a "$wheels" "$stage/wheelhouse"
     say "building $tag"
+    # The Dockerfile's own .dockerignore (tests, docs, ...) keeps edits there from
+    # invalidating the image's layers, as BuildKit would.
+    local ignore=/dev/null
+    [ -f "$dockerfile.dockerignore" ] && ignore="$dockerfile.dockerignore"
     git ls-files -z --cached --others --exclude-standard \
-        | tar --null -c -f - -T - --ignore-failed-read -C "$stage" wheelhouse \
+        | tar --null -c -f - -T - --ignore-failed-read --exclude-from=<(grep -v -e '^#' -e Dockerfile "$ignore") \
+            -C "$stage" wheelhouse \
         | docker build --network none --quiet -t "$tag" -f "$dockerfile" \
             --build-arg BASE="$BASE" --build-arg PIP_NO_INDEX=1 \
             --build-arg PIP_FIND_LINKS="/wheelhouse /app/wheelhouse" "$@" - >/dev/null

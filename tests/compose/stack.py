@@ -12,9 +12,8 @@ import os
 import socket
 import subprocess
 import time
-import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -148,11 +147,3 @@ class Stack:
 def get_json(url: str, timeout: float = 10) -> Any:
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.load(response)
-
-
-def prometheus_query(stack: Stack, expr: str) -> list[Mapping[str, Any]]:
-    query = urllib.parse.urlencode({"query": expr})
-    body = get_json(f"{stack.prometheus}/api/v1/query?{query}")
-    assert body["status"] == "success", body
-    result: list[Mapping[str, Any]] = body["data"]["result"]
-    return result
