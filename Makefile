@@ -150,8 +150,9 @@ check-env:
 up: compose-cli check-env
 	$(COMPOSE) up -d --wait --wait-timeout 900
 
+# Every profile's containers (fritz, gpu), whichever profiles are set now.
 down: compose-cli
-	$(COMPOSE) down
+	$(COMPOSE) --profile '*' down
 
 # Starts dockerd when none answers (and stops only that one), builds the images offline,
 # then tests/compose: the stack up, alerts in, checks from outside, down -v.

@@ -61,7 +61,10 @@ def stack() -> Iterator[Stack]:
     finally:
         if os.environ.get("NIGHTJAR_COMPOSE_KEEP") != "1":
             subprocess.run(
-                ["docker", "compose", "down", "-v"], cwd=REPO, env=stack.env, timeout=300
+                ["docker", "compose", "--profile", "*", "down", "-v"],
+                cwd=REPO,
+                env=stack.env,
+                timeout=300,
             )
 
 
@@ -284,5 +287,5 @@ def worker_batches(stack: Stack) -> dict[str, float]:
 
 
 def test_down_v_leaves_nothing_behind(stack: Stack) -> None:
-    stack.compose("down", "-v", timeout=300)
+    stack.compose("--profile", "*", "down", "-v", timeout=300)
     assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
