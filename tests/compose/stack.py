@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.pipeline_helpers import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "reference"
 OVERRIDE = REPO / "tests" / "compose" / "docker-compose.standins.yml"
@@ -41,13 +43,6 @@ def port_is_free(port: int) -> bool:
         except OSError:
             return False
         return True
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def choose_ports() -> dict[str, int]:
