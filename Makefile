@@ -12,10 +12,13 @@
 #   make services-up / services-down     Kafka + FerretDB on 127.0.0.1 (no Docker)
 #   make demo | bench | models           nightjar demo / bench / models fetch
 #   make bench-scale                     scale-out bench: scaling, 40k burst, long history, plan
-#   make up / down    the docker compose deployment
 #   make helm         Helm (built from the Go module proxy once, cached in ~/.cache/nightjar/helm)
 #   make chart        lint and render the Kubernetes chart (deploy/kubernetes/nightjar)
 #   make chart-dashboards   copy deploy/grafana/dashboards/*.json into the chart
+#   make images       every image built offline (debootstrap base, host wheelhouse)
+#   make check-env    says which secret .env is missing (cp .env.example .env)
+#   make up / down    the docker compose deployment (Compose v2; volumes survive down)
+#   make compose-test the deployment end to end on a Docker engine (what CI runs after test)
 
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -64,8 +67,8 @@ DASHBOARDS := deploy/grafana/dashboards
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help venv system-deps lint format unit fuzz test services-up services-down \
-	services-status demo bench bench-scale models up down clean rules-test prometheus helm \
-	chart chart-dashboards
+	services-status demo bench bench-scale models images compose-cli compose-deps check-env \
+	up down compose-test clean rules-test prometheus helm chart chart-dashboards
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -200,11 +203,41 @@ chart: $(HELM) chart-dashboards
 	$(HELM) lint $(CHART) -f $(CHART)/values-gpu.yaml
 	$(HELM) template nightjar $(CHART) -f $(CHART)/values-gpu.yaml > /dev/null
 
-up:
-	$(COMPOSE) up -d
+# The deployment (README "Deployment"). Compose v2 as a docker CLI plugin, built from the Go
+# module proxy when missing (deploy/compose-cli.sh); Debian's docker-compose 1.29 ignores
+# deploy.replicas.
+compose-cli:
+	@deploy/compose-cli.sh
 
-down:
-	$(COMPOSE) down
+# What the offline image build and the compose test need on a Debian host.
+compose-deps:
+	@missing=""; \
+	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
+	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+		echo "make: installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -q && \
+		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+images:
+	deploy/images/build.sh
+
+check-env:
+	@deploy/check-env.sh
+
+up: compose-cli check-env
+	$(COMPOSE) up -d --wait --wait-timeout 900
+
+# Every profile's containers (fritz, gpu), whichever profiles are set now.
+down: compose-cli
+	$(COMPOSE) --profile '*' down
+
+# Starts dockerd when none answers (and stops only that one), builds the images offline,
+# then tests/compose: the stack up, alerts in, checks from outside, down -v.
+compose-test: $(STAMP) compose-deps
+	PY=$(PY) tests/compose/run.sh
 
 # Build outputs in ~/.cache/nightjar are kept: they take minutes to make again.
 clean:

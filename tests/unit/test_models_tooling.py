@@ -8,6 +8,7 @@ import http.server
 import io
 import shutil
 import sys
+import tarfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -290,3 +291,37 @@ def test_fetch_downloads_and_verifies_over_http(tmp_path: Path) -> None:
         finally:
             server.shutdown()
             thread.join(timeout=10)
+
+
+def _archive(path: Path, members: list[tuple[str, bytes | None, str | None]]) -> Path:
+    """A .tar.gz of (name, file bytes) members, or (name, None, link target) symlinks."""
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data, link in members:
+            info = tarfile.TarInfo(name)
+            if link is not None:
+                info.type, info.linkname = tarfile.SYMTYPE, link
+                archive.addfile(info)
+            else:
+                info.size = len(data or b"")
+                archive.addfile(info, io.BytesIO(data or b""))
+    return path
+
+
+@pytest.mark.parametrize("with_filter", [True, False], ids=["data-filter", "python-3.11.2"])
+def test_saved_model_archives_unpack_only_inside_their_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, with_filter: bool
+) -> None:
+    if not with_filter:  # Debian bookworm's Python 3.11.2 (the offline images) has no filters
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    good = _archive(tmp_path / "good.tar.gz", [("model/saved_model.pb", b"pb", None)])
+    with tarfile.open(good) as archive:
+        convert_module._extract(archive, tmp_path / "out")
+    assert (tmp_path / "out" / "model" / "saved_model.pb").read_bytes() == b"pb"
+    for name, members in {
+        "escape": [("../outside.pb", b"x", None)],
+        "link": [("model/link", None, "/etc/passwd")],
+    }.items():
+        bad = _archive(tmp_path / f"{name}.tar.gz", members)
+        with tarfile.open(bad) as archive, pytest.raises(tarfile.TarError):
+            convert_module._extract(archive, tmp_path / name)
+    assert not (tmp_path / "outside.pb").exists()

@@ -117,11 +117,28 @@ def _keras(spec: ModelSpec, source: Path) -> tuple[Any, Predict]:
     return model, predict
 
 
+def _extract(archive: tarfile.TarFile, folder: Path) -> None:
+    """Unpack refusing absolute paths, links out of `folder` and devices (the "data" filter).
+
+    Python 3.11 has the filter from 3.11.4 only; Debian bookworm's 3.11.2, the base of the
+    offline images (deploy/images/build.sh), gets the stricter check by hand: plain files and
+    folders inside `folder`, nothing else.
+    """
+    if hasattr(tarfile, "data_filter"):
+        archive.extractall(folder, filter="data")
+        return
+    root = folder.resolve()
+    for member in archive.getmembers():
+        inside = (root / member.name).resolve().is_relative_to(root)
+        if not inside or not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"{member.name!r} is not a plain file or folder inside it")
+    archive.extractall(folder)
+
+
 def _saved_model(tf: Any, spec: ModelSpec, source: Path, tmp: Path) -> tuple[Any, Predict]:
     try:
         with tarfile.open(source) as archive:
-            # The "data" filter refuses absolute paths, links out of the folder, devices.
-            archive.extractall(tmp, filter="data")
+            _extract(archive, tmp)
     except (tarfile.TarError, OSError) as exc:
         raise ConversionError(f"{source} is not a readable tar archive: {exc}") from exc
     found = sorted(tmp.rglob("saved_model.pb"))
