@@ -54,7 +54,7 @@ def build(
     resources = ExitStack()
     try:
         db = connect(settings)
-        store = Store(db)
+        store = Store(db, settings.mongo.repair_light_curves)
         store.ensure_indexes()
         resources.callback(db.client.close)
         # Decode fills it with each writer schema it meets; publish re-encodes with them.

@@ -115,6 +115,11 @@ class MongoSettings(Section):
     uri_file: Path | None = None
     database: str = "nightjar"
     timeout_ms: int = Field(default=10_000, gt=0)
+    # Several brokers in one group store alerts of the same objects at once: re-read each
+    # batch's objects and repair their light curves (broker.history.repair). It costs a
+    # light-curve read per batch (store of objects 2.9 -> 4.5 ms per alert on FerretDB), so a
+    # lone broker leaves it off; the Helm chart turns it on with more than one broker.
+    repair_light_curves: bool = False
 
 
 class SchemaSettings(Section):

@@ -105,8 +105,9 @@ def connect(settings: Settings) -> Database[Any]:
 class Store:
     """MongoDB reads and writes of the pipeline; MongoDB and FerretDB alike."""
 
-    def __init__(self, db: Database[Any]) -> None:
+    def __init__(self, db: Database[Any], repair_light_curves: bool = False) -> None:
         self.db = db
+        self.repair_light_curves = repair_light_curves
         self.alerts = db["alerts"]
         self.objects = db["objects"]
         self.rejected = db["rejected"]
@@ -163,8 +164,9 @@ class Store:
         with _transient("update objects"):
             for start in range(0, len(updates), UPDATES_PER_COMMAND):
                 _upsert(self.objects, updates[start : start + UPDATES_PER_COMMAND])
-            # Other brokers may have written the same objects meanwhile (history.repair).
-            history.repair(self.objects, added, UPDATES_PER_COMMAND)
+            if self.repair_light_curves:
+                # Other brokers may have written the same objects meanwhile (history.repair).
+                history.repair(self.objects, added, UPDATES_PER_COMMAND)
         return time.perf_counter() - started
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:

@@ -72,6 +72,7 @@ def test_two_brokers_share_the_partitions_and_survive_one_killed(
         # its partitions back at once instead of waiting out the dead one's session.
         return rig.start(
             NIGHTJAR_DISPATCH__SCHEDULER_ADDRESS=cluster.address,
+            NIGHTJAR_MONGO__REPAIR_LIGHT_CURVES="true",  # several brokers, one database
             NIGHTJAR_KAFKA__EXTRA=f'{{"group.instance.id": "{rig.group_id}-{index}"}}',
         )
 

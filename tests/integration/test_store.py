@@ -213,7 +213,7 @@ def test_a_write_reports_only_its_own_points_and_timings(store: Store, alerts: l
 def two_brokers(mongo_uri: str, database: str) -> tuple[Store, Store, list[MongoClient[Any]]]:
     """Two stores on their own connections, as two brokers of one consumer group have."""
     clients: list[MongoClient[Any]] = [MongoClient(mongo_uri, socketTimeoutMS=60_000) for _ in "ab"]
-    first, second = (Store(client[database]) for client in clients)
+    first, second = (Store(client[database], repair_light_curves=True) for client in clients)
     return first, second, clients
 
 

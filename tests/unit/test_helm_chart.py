@@ -260,7 +260,12 @@ def compose_images() -> set[str]:
     """Images of docker-compose.yml, and nightjar-<name> for each services/<name>/Dockerfile
     (the Fritz-like service's image is built from its Dockerfile; compose does not run it)."""
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    found = {service.get("image") for service in compose["services"].values()}
+    # Compose tags read `${NIGHTJAR_VERSION:-latest}`: what an operator gets by default.
+    found = {
+        re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", service["image"])
+        for service in compose["services"].values()
+        if service.get("image")
+    }
     found |= {f"nightjar-{path.parent.name}:latest" for path in REPO.glob("services/*/Dockerfile")}
     return {image for image in found if image}
 

@@ -143,6 +143,9 @@ def _env(settings: Settings, names: dict[str, str], models_dir: Path) -> dict[st
             "kafka__auto_offset_reset": "earliest",
             "mongo__uri": settings.mongo_uri(),
             "mongo__database": names["db"],
+            # Measured as a site with several brokers runs them (also with one, for a flat
+            # comparison across cells).
+            "mongo__repair_light_curves": "true",
             "models__dir": str(models_dir),
             "models__provider": "cpu",
             "filters__definitions": [],

@@ -62,6 +62,11 @@ helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version }}
 {{- end }}
 - name: NIGHTJAR_MONGO__DATABASE
   value: {{ .Values.mongo.database | quote }}
+{{- if gt (int .Values.broker.replicas) 1 }}
+{{- /* Several brokers store alerts of the same objects at once (broker.history.repair). */}}
+- name: NIGHTJAR_MONGO__REPAIR_LIGHT_CURVES
+  value: "true"
+{{- end }}
 {{- end -}}
 
 {{/* Settings of the broker and poster: Kafka, MongoDB, then the common ones. */}}
