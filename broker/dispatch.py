@@ -3,6 +3,9 @@
 Input: batches from the pipeline. Output: Dask futures of list[AlertResult]. A LocalCluster
 is started in-process by default; `dispatch.scheduler_address` joins an external cluster.
 Models load once per worker (workers.plugin.AnnotatorPlugin), never shipped with tasks.
+An external scheduler that goes away is an outage (SchedulerLost: the pipeline holds its
+batches, reconnects, registers the plugin again and resubmits them); a batch whose worker
+died is scored one alert at a time (`isolate`) to find the alert that kills workers.
 """
 
 from __future__ import annotations
@@ -10,12 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from distributed import Client, Future, LocalCluster, wait
+from distributed import Client, Future, KilledWorker, LocalCluster, wait
+from distributed.client import FutureCancelledError
 
-from broker.records import AlertResult, ScoringInput
+from broker.errors import SchedulerLost
+from broker.records import AlertResult, RejectReason, ScoringInput
 from broker.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -26,6 +31,14 @@ log = logging.getLogger(__name__)
 MIN_PART = 32
 # A round trip to the scheduler: not once per batch.
 THREADS_REFRESH_S = 10.0
+# Joining an external scheduler: how long one try may block the main loop (Kafka is polled
+# between tries), and how long the client tries to reconnect by itself after losing it.
+CONNECT_TIMEOUT_S = 10.0
+# Isolating: how often the main loop's keep-alive runs while one alert is being scored.
+ISOLATION_POLL_S = 0.5
+# Why Dask cancels every future of a client that lost its scheduler; any other
+# cancellation of ours is a scattered part lost with the worker that held it (it died).
+CONNECTION_LOST = "scheduler-connection-lost"
 
 
 class BatchFuture:
@@ -63,42 +76,153 @@ class Dispatcher:
         self._threads, self._threads_at = 1, -math.inf
 
     def start(self) -> None:
-        from workers.plugin import AnnotatorPlugin  # heavy import, only where work runs
-
         dispatch = self._settings.dispatch
         if dispatch.scheduler_address:
-            self.client = Client(dispatch.scheduler_address, timeout=30)
-            log.info("joined Dask scheduler %s", dispatch.scheduler_address)
-        else:
-            self._cluster = LocalCluster(
-                n_workers=dispatch.local_workers,
-                threads_per_worker=dispatch.local_threads_per_worker,
-                processes=dispatch.local_processes,
-                # Any free port: a fixed 8787 clashes with other clusters on the machine.
-                dashboard_address=":0",
-                silence_logs=logging.WARNING,
-            )
-            self.client = Client(self._cluster)
-            log.info(
-                "started a local Dask cluster: %d worker(s) x %d thread(s), %s",
-                dispatch.local_workers,
-                dispatch.local_threads_per_worker,
-                "processes" if dispatch.local_processes else "threads",
-            )
-        self.client.register_plugin(AnnotatorPlugin(self._settings.models))
+            try:
+                self.reconnect()
+            except SchedulerLost as exc:
+                # Not fatal: the pipeline reports the outage and keeps trying.
+                log.info("Dask scheduler not ready yet (%s): batches wait for it", exc)
+            return
+        self._cluster = LocalCluster(
+            n_workers=dispatch.local_workers,
+            threads_per_worker=dispatch.local_threads_per_worker,
+            processes=dispatch.local_processes,
+            # Any free port: a fixed 8787 clashes with other clusters on the machine.
+            dashboard_address=":0",
+            silence_logs=logging.WARNING,
+        )
+        self.client = Client(self._cluster)
+        log.info(
+            "started a local Dask cluster: %d worker(s) x %d thread(s), %s",
+            dispatch.local_workers,
+            dispatch.local_threads_per_worker,
+            "processes" if dispatch.local_processes else "threads",
+        )
+        self._register()
+
+    def connected(self) -> bool:
+        return self.client is not None and self.client.status == "running"
+
+    def reconnect(self) -> None:
+        """Join the scheduler (again) and register the plugin on it; SchedulerLost while it
+        cannot be reached or has no worker. A new client blocks up to CONNECT_TIMEOUT_S."""
+        address = self._settings.dispatch.scheduler_address
+        if self.client is not None and self.client.status == "connecting":
+            raise SchedulerLost("lost the Dask scheduler: the client is reconnecting")
+        if not self.connected():
+            if not address:
+                raise SchedulerLost("the local Dask cluster's client is closed")
+            self._close_client()
+            try:
+                self.client = Client(address, timeout=CONNECT_TIMEOUT_S)
+            except (OSError, TimeoutError) as exc:
+                raise SchedulerLost(f"cannot reach the Dask scheduler {address}: {exc}") from exc
+            log.info("joined Dask scheduler %s", address)
+        try:
+            if not self._client().nthreads():
+                raise SchedulerLost(f"the Dask scheduler {address} has no worker yet")
+            # A restarted scheduler knows no plugin: its workers (new processes) get it
+            # from here, and every worker that joins later from the scheduler.
+            self._register()
+        except (OSError, TimeoutError) as exc:
+            raise SchedulerLost(f"lost the Dask scheduler {address}: {exc}") from exc
+        self._threads_at = -math.inf
+
+    def _register(self) -> None:
+        from workers.plugin import AnnotatorPlugin  # heavy import, only where work runs
+
+        self._client().register_plugin(AnnotatorPlugin(self._settings.models))
+
+    def lost(self, error: BaseException) -> bool:
+        """Whether a batch failed because the scheduler went away (not the batch's doing)."""
+        if isinstance(error, SchedulerLost) or not self.connected():
+            return True
+        return isinstance(error, FutureCancelledError) and error.reason == CONNECTION_LOST
+
+    def worker_died(self, error: BaseException) -> bool:
+        """Whether a batch failed because its worker died: KilledWorker, or (scattered
+        parts live on one worker only) its part cancelled as lost with that worker."""
+        if self.lost(error):
+            return False
+        return isinstance(error, KilledWorker | FutureCancelledError)
 
     def submit(self, batch: Sequence[ScoringInput]) -> BatchFuture:
+        """The batch's parts, scattered and submitted; SchedulerLost when out of reach."""
         from workers.plugin import annotate_batch
 
+        client = self._client()
+        try:
+            parts = split(batch, self.threads())
+            # Scatter first: each part (cutouts, several MB) goes straight to a worker
+            # instead of through the scheduler inside the task graph, as one piece of
+            # data (a list would be scattered element by element: one key per alert).
+            # pure=False: a re-submitted batch (after a worker died) must run again.
+            data = client.scatter(parts, hash=False)
+            return BatchFuture([client.submit(annotate_batch, d, pure=False) for d in data])
+        except (OSError, TimeoutError, FutureCancelledError) as exc:
+            # The scheduler went away, or has no worker to scatter to.
+            raise SchedulerLost(f"cannot submit to the Dask scheduler: {exc}") from exc
+
+    def isolate(
+        self, batch: Sequence[ScoringInput], keep_alive: Callable[[], None]
+    ) -> list[AlertResult]:
+        """Results of a batch whose worker died, its alerts scored one at a time, in turn.
+
+        An alert that kills its worker alone comes back rejected as `poison`; the others
+        get their scores. The cost is bounded: one task per alert (a few ms each), never
+        two at once (an alert in flight beside the killer would be blamed with it), and
+        per killer the worker deaths `distributed.scheduler.allowed-failures` allows plus
+        one (default 3 + 1: the scheduler tries a task on another worker each time a
+        worker dies running it, then raises KilledWorker). Sent without scatter: scattered
+        data dies with its worker, which cancels the task instead of retrying it.
+        `keep_alive` runs at least every ISOLATION_POLL_S (the consumer stays in its
+        group). Raises SchedulerLost if the scheduler goes away meanwhile.
+        """
+        log.warning(
+            "a Dask worker died scoring a batch of %d: scoring its alerts one at a time "
+            "to find the one responsible", len(batch),
+        )  # fmt: skip
+        return [self._score_alone(item, keep_alive) for item in batch]
+
+    def _score_alone(self, item: ScoringInput, keep_alive: Callable[[], None]) -> AlertResult:
+        from workers.plugin import annotate_batch
+
+        future = BatchFuture([self._client().submit(annotate_batch, [item], pure=False)])
+        try:
+            while True:
+                keep_alive()
+                try:
+                    (result,) = future.result(timeout=ISOLATION_POLL_S)
+                    return result
+                except TimeoutError:
+                    continue
+        except KilledWorker as exc:
+            deaths = exc.allowed_failures + 1
+            log.error(
+                "alert %s of %s killed its Dask worker %d times scored alone: "
+                "dead-lettered as poison", item.candid, item.object_id, deaths,
+            )  # fmt: skip
+            detail = (
+                f"a Dask worker died {deaths} times scoring it alone (KilledWorker; "
+                f"distributed.scheduler.allowed-failures = {exc.allowed_failures})"
+            )
+            return AlertResult(item.candid, rejected=(RejectReason.POISON, detail))
+        except Exception as exc:
+            if self.lost(exc):
+                raise SchedulerLost(f"lost the Dask scheduler while isolating: {exc}") from exc
+            log.error(
+                "alert %s of %s failed on the workers (%s): stored without scores",
+                item.candid, item.object_id, exc,
+            )  # fmt: skip
+            return AlertResult(item.candid)
+
+    def _client(self) -> Client:
         if self.client is None:
-            raise RuntimeError("Dispatcher.start() was not called")
-        parts = split(batch, self.threads())
-        # Scatter first: each part (cutouts, several MB) goes straight to a worker instead
-        # of through the scheduler inside the task graph, as one piece of data (a list
-        # would be scattered element by element: one key per alert). pure=False: a
-        # re-submitted batch (after a worker died) must run again.
-        data = self.client.scatter(parts, hash=False)
-        return BatchFuture([self.client.submit(annotate_batch, d, pure=False) for d in data])
+            raise SchedulerLost("not connected to a Dask scheduler")
+        if self.client.status != "running":
+            raise SchedulerLost(f"Dask client {self.client.status}: the scheduler is gone")
+        return self.client
 
     def threads(self) -> int:
         """Worker threads in the cluster, asked of the scheduler at most every
@@ -117,9 +241,13 @@ class Dispatcher:
         info: dict[str, Any] = self.client.scheduler_info().get("workers", {})
         return info
 
+    def _close_client(self) -> None:
+        client, self.client = self.client, None
+        if client is not None:
+            client.close()
+
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
+        self._close_client()
         if self._cluster is not None:
             self._cluster.close()
-        self.client = self._cluster = None
+        self._cluster = None

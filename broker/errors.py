@@ -7,6 +7,8 @@ NightjarError              base of everything Nightjar raises on purpose
 ├── BadAlert               one message cannot become an Alert; carries a reason code.
 │                          The pipeline dead-letters it and goes on.
 ├── TransientError         a service hiccup worth retrying (timeouts, 5xx, broker down)
+│   └── SchedulerLost      the external Dask scheduler (or every worker) is out of reach:
+│                          batches wait for it, their worker attempts not counted
 ├── FencedError            another broker took this one's Kafka group.instance.id; exit 1
 └── ServiceError           a local service (Kafka, FerretDB) failed to start or stop
 
@@ -56,6 +58,10 @@ class BadAlert(NightjarError):
 
 class TransientError(NightjarError):
     """A failure that may succeed when retried."""
+
+
+class SchedulerLost(TransientError):
+    """The Dask scheduler cannot be reached, or has no workers: an outage, not a bad batch."""
 
 
 class FencedError(NightjarError):

@@ -12,7 +12,10 @@ are behind) it keeps polling Kafka with its partitions paused, so the broker sta
 consumer group however long the outage lasts (broker.health.Outage reports it). Before a
 batch is decoded its offsets are recorded (broker.consume.CrashGuard), so a message that
 kills the process is isolated and dead-lettered as `poison` after
-`kafka.poison_after_deaths` deaths.
+`kafka.poison_after_deaths` deaths; one that kills a Dask worker is found by scoring its
+batch one alert at a time (Dispatcher.isolate) and dead-lettered as `poison` too. While an
+external Dask scheduler is gone, batches are held (not retried as failures) and submitted
+again once it is back.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from broker import history
 from broker.consume import AlertConsumer, CrashGuard, Offsets, Partition, Plan, crash_if_marked
 from broker.decode import Decoder
 from broker.dispatch import Dispatcher
-from broker.errors import BadAlert, TransientError, retry_transient
+from broker.errors import BadAlert, SchedulerLost, TransientError, retry_transient
 from broker.health import Health, Outage
 from broker.metrics import (
     ANNOTATIONS,
@@ -54,6 +57,26 @@ log = logging.getLogger(__name__)
 WORKER_ATTEMPTS = 3
 # Seconds between history reads while MongoDB is down (the loop polls Kafka meanwhile).
 HISTORY_RETRY_S = (0.5, 5.0)
+# ... and between tries to join the Dask scheduler again while it is gone.
+DASK_RETRY_S = (1.0, 5.0)
+
+
+class Backoff:
+    """When to try a dependency again: a doubling delay, capped; reset on success."""
+
+    def __init__(self, delays: tuple[float, float]) -> None:
+        self.first, self.most = delays
+        self.delay, self.at = self.first, 0.0
+
+    def due(self) -> bool:
+        return time.monotonic() >= self.at
+
+    def failed(self) -> None:
+        self.at = time.monotonic() + self.delay
+        self.delay = min(self.delay * 2, self.most)
+
+    def reset(self) -> None:
+        self.delay, self.at = self.first, 0.0
 
 
 @dataclass
@@ -68,6 +91,8 @@ class Batch:
     inputs: list[ScoringInput] = field(default_factory=list)
     future: Any = None
     attempts: int = 0
+    # Waiting for the Dask scheduler to come back (no future): submitted again then.
+    held: bool = False
     read_at: float = field(default_factory=time.monotonic)
     # Points stored up to this number were in MongoDB when this batch read its history.
     history_seq: int = 0
@@ -117,13 +142,15 @@ class Pipeline:
         self.in_flight: deque[Batch] = deque()
         # A batch read while MongoDB is down: its history is read again until it works.
         self.pending: Batch | None = None
-        self._history_retry_at = 0.0
-        self._history_delay = HISTORY_RETRY_S[0]
+        self._history_retry = Backoff(HISTORY_RETRY_S)
+        self._dask_retry = Backoff(DASK_RETRY_S)
+        self._revoking = False  # inside the consumer's revoke callback: no poll there
         self.stats = RunStats()
         self._stats_lock = threading.Lock()
         self._stop = threading.Event()  # run()'s: a stage failing once it is set is not retried
         self.outages = {
-            name: Outage(name, self.health, held=self._held) for name in ("mongodb", "kafka")
+            name: Outage(name, self.health, held=self._held)
+            for name in ("mongodb", "kafka", "dask")
         }
         # One thread: batches are stored and published in the order they were read.
         self.writer = Writer(
@@ -142,7 +169,10 @@ class Pipeline:
             while not stop.is_set():
                 self.health.tick()
                 self._finish_ready()
-                if self.pending is not None or len(self.in_flight) >= self.max_in_flight:
+                # The scheduler gone: tried again now and then; batches read meanwhile are
+                # held (up to max_in_flight), as a batch read while MongoDB is down is.
+                self._dask_ready()
+                if self._full():
                     self._wait_paused()
                     continue
                 self.consumer.resume()
@@ -161,6 +191,9 @@ class Pipeline:
             self.consumer.close()
         return self.stats
 
+    def _full(self) -> bool:
+        return self.pending is not None or len(self.in_flight) >= self.max_in_flight
+
     def _wait_paused(self) -> None:
         """Partitions paused, still polling (group membership): a pending batch's history
         is read again, or the oldest batch is waited on for up to a batch interval."""
@@ -171,8 +204,10 @@ class Pipeline:
                 self._dispatch(batch)
             else:
                 self._stop.wait(0.2)
-        elif self.in_flight:
+        elif self.in_flight and not self.in_flight[0].held:
             self._finish_oldest(timeout=self.batch_seconds)
+        else:
+            self._stop.wait(0.2)  # the Dask scheduler is gone: _dask_ready tries again
 
     def _idle(self, last_message: float, exit_when_idle: float | None) -> bool:
         assigned_at = self.consumer.assigned_at
@@ -186,6 +221,16 @@ class Pipeline:
     def drain(self) -> None:
         """Finish every batch in flight (shutdown, or partitions being revoked)."""
         while self.in_flight:
+            if self.in_flight[0].held and not self._wait_for_dask():
+                # Stopping while the scheduler is gone: nothing of these was committed, so
+                # they are read again after a restart (or by the partitions' next owner).
+                log.warning(
+                    "stopping with %d batches held for the Dask scheduler: left uncommitted",
+                    len(self.in_flight),
+                )
+                self.in_flight.clear()
+                IN_FLIGHT.set(0)
+                return
             self._finish_oldest(timeout=None)
 
     # -- reading --------------------------------------------------------------
@@ -258,7 +303,7 @@ class Pipeline:
 
     def _history_ready(self, batch: Batch) -> bool:
         """One attempt at the batch's history read (MongoDB down: False, retried later)."""
-        if time.monotonic() < self._history_retry_at:
+        if not self._history_retry.due():
             return False
         started = time.perf_counter()
         batch.history_seq = self.writer.added.mark()
@@ -267,20 +312,73 @@ class Pipeline:
             batch.stored_history = self.store.read_history(batch.alerts)
         except TransientError as exc:
             outage.failed(exc)
-            self._history_retry_at = time.monotonic() + self._history_delay
-            self._history_delay = min(self._history_delay * 2, HISTORY_RETRY_S[1])
+            self._history_retry.failed()
             return False
         outage.recovered()
-        self._history_delay = HISTORY_RETRY_S[0]
+        self._history_retry.reset()
         self._timed("history", started)
         return True
 
     def _dispatch(self, batch: Batch) -> None:
         batch.inputs = [scoring_input(a, batch.stored_history) for a in batch.alerts]
-        if batch.inputs:
-            batch.future = self.dispatcher.submit(batch.inputs)
         self.in_flight.append(batch)
         IN_FLIGHT.set(len(self.in_flight))
+        if batch.inputs:
+            self._score(batch)
+
+    def _score(self, batch: Batch) -> None:
+        try:
+            batch.future = self.dispatcher.submit(batch.inputs)
+        except SchedulerLost as exc:
+            self._lose_scheduler(exc)  # holds this batch too
+
+    # -- the Dask scheduler gone and back -------------------------------------
+
+    def _dask_ready(self, force: bool = False) -> bool:
+        """False while the Dask scheduler cannot be reached (reported as an outage): its
+        batches are held, and submitted again in read order once it is back."""
+        outage = self.outages["dask"]
+        if not outage.waiting:
+            if self.dispatcher.connected():
+                return True
+            self._lose_scheduler(SchedulerLost("not connected to the Dask scheduler"))
+        if not (force or self._dask_retry.due()):
+            return False
+        try:
+            self.dispatcher.reconnect()  # registers the worker plugin again
+            for batch in self.in_flight:
+                if batch.held:
+                    batch.future, batch.held = self.dispatcher.submit(batch.inputs), False
+        except SchedulerLost as exc:
+            self._lose_scheduler(exc)
+            self._dask_retry.failed()
+            return False
+        self._dask_retry.reset()
+        outage.recovered()
+        return True
+
+    def _lose_scheduler(self, error: BaseException) -> None:
+        """Every future of a client that lost its scheduler is cancelled: each batch not
+        yet with the writer waits for it. Not a worker attempt: nothing is wrong with them."""
+        self.outages["dask"].failed(error)
+        for batch in self.in_flight:
+            if batch.written is None and batch.inputs:
+                batch.future, batch.held = None, True
+
+    def _wait_for_dask(self) -> bool:
+        """Draining with batches held: True once the scheduler is back, False if the broker
+        stops first. Partitions being revoked wait for it (their batches cannot finish)."""
+        while not self._dask_ready(force=True):
+            self.health.tick()
+            if self._stop.wait(1.0):
+                return False
+        return True
+
+    def _keep_alive(self) -> None:
+        """While one batch is isolated: the loop still ticks and the member still polls."""
+        self.health.tick()
+        if not self._revoking:
+            self.consumer.keep_alive()
 
     def _finish_ready(self) -> None:
         """Hand scored batches to the writer and commit written ones, without waiting."""
@@ -346,28 +444,40 @@ class Pipeline:
             self.consumer.release(key)
 
     def _results(self, batch: Batch, timeout: float | None) -> list[AlertResult] | None:
+        if batch.held:
+            return None
         if batch.future is None:
             return []
         try:
             results: list[AlertResult] = batch.future.result(timeout=timeout)
         except TimeoutError:
             return None
-        except Exception as exc:  # a worker died or the task raised: retry, then pass through
-            batch.attempts += 1
-            if batch.attempts < WORKER_ATTEMPTS:
-                log.warning(
-                    "batch of %d failed on the workers (%s): retrying", len(batch.inputs), exc
-                )
-                batch.future = self.dispatcher.submit(batch.inputs)
-                return None
-            log.error(
-                "batch of %d failed %d times on the workers (%s): stored without scores",
-                len(batch.inputs),
-                batch.attempts,
-                exc,
-            )
-            return [AlertResult(i.candid, skipped=(), rejected=None) for i in batch.inputs]
+        except Exception as exc:
+            return self._failed(batch, exc)
         return results
+
+    def _failed(self, batch: Batch, exc: Exception) -> list[AlertResult] | None:
+        """The scheduler gone: held. A worker died: the alert responsible is isolated. The
+        task raised (a bug, not a crash): retried, then stored without scores."""
+        if self.dispatcher.lost(exc):
+            self._lose_scheduler(exc)
+            return None
+        if self.dispatcher.worker_died(exc):
+            try:
+                return self.dispatcher.isolate(batch.inputs, self._keep_alive)
+            except SchedulerLost as lost:
+                self._lose_scheduler(lost)
+                return None
+        batch.attempts += 1
+        if batch.attempts < WORKER_ATTEMPTS:
+            log.warning("batch of %d failed on the workers (%s): retrying", len(batch.inputs), exc)
+            self._score(batch)
+            return None
+        log.error(
+            "batch of %d failed %d times on the workers (%s): stored without scores",
+            len(batch.inputs), batch.attempts, exc,
+        )  # fmt: skip
+        return [AlertResult(i.candid, skipped=(), rejected=None) for i in batch.inputs]
 
     def _count(
         self, alerts: list[Alert], results: list[AlertResult], rejections: list[Rejection]
@@ -396,7 +506,11 @@ class Pipeline:
     def _on_revoke(self, partitions: list[tuple[str, int]]) -> None:
         if self.in_flight:
             log.info("partitions revoked: finishing %d batches in flight", len(self.in_flight))
-            self.drain()
+            self._revoking = True
+            try:
+                self.drain()
+            finally:
+                self._revoking = False
 
 
 def scoring_input(alert: Alert, stored: dict[str, list[dict[str, Any]]]) -> ScoringInput:
@@ -422,7 +536,7 @@ def scoring_input(alert: Alert, stored: dict[str, list[dict[str, Any]]]) -> Scor
 
 
 def _done(batch: Batch) -> bool:
-    return batch.future is None or batch.future.done()
+    return not batch.held and (batch.future is None or batch.future.done())
 
 
 def _written(batch: Batch) -> bool:

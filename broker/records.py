@@ -29,9 +29,9 @@ class RejectReason:
     MISSING_CUTOUTS = "missing_cutouts"
     JPEG_CUTOUTS = "jpeg_cutouts"  # schema 1.x stamps, not scoreable
     BAD_CUTOUTS = "bad_cutouts"  # unreadable FITS, or all-NaN / zero- or inf-norm stamp
-    POISON = (
-        "poison"  # killed the broker kafka.poison_after_deaths times (broker.consume.CrashGuard)
-    )
+    # Killed the broker kafka.poison_after_deaths times (broker.consume.CrashGuard), or a
+    # Dask worker scoring it alone (broker.dispatch.Dispatcher.isolate).
+    POISON = "poison"
 
     @classmethod
     def codes(cls) -> frozenset[str]:

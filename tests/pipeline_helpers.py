@@ -12,6 +12,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import requests
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
@@ -258,6 +260,15 @@ def _has_leaders(admin: AdminClient, name: str, partitions: int) -> bool:
 
 def unique_name(prefix: str) -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
+
+
+def probe(port: int, dependency: str) -> tuple[bool, float | None]:
+    """(the broker's /readyz says ready, its nightjar_dependency_blocked{dependency})."""
+    ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    gauge = f'nightjar_dependency_blocked{{dependency="{dependency}"}}'
+    found = re.search(re.escape(gauge) + r" (\S+)", metrics)
+    return ready, float(found.group(1)) if found else None
 
 
 # -- Kafka in and out ------------------------------------------------------------------

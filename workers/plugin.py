@@ -26,6 +26,9 @@ PLUGIN_NAME = "nightjar-annotator"
 WORKER_ATTRIBUTE = "nightjar_annotator"
 # ... and the ModelSettings it was built from.
 SETTINGS_ATTRIBUTE = "nightjar_annotator_settings"
+# Test-only, read in the worker process (the broker's is broker.consume.TEST_CRASH_ENV):
+# a worker scoring an alert whose objectId holds this text exits as an OOM kill would.
+TEST_WORKER_CRASH_ENV = "NIGHTJAR_TEST_WORKER_CRASH_MARKER"
 
 _fallback: Annotator | None = None
 _fallback_lock = threading.Lock()
@@ -80,7 +83,17 @@ def with_worker_environment(models: ModelSettings) -> ModelSettings:
 
 def annotate_batch(batch: list[ScoringInput]) -> list[AlertResult]:
     """The Dask task: annotate one batch with this worker's (or this process's) Annotator."""
+    crash_if_marked(batch)
     return current_annotator().annotate(batch)
+
+
+def crash_if_marked(batch: list[ScoringInput]) -> None:
+    """Test-only: the worker process dies hard on an alert whose objectId holds the text of
+    TEST_WORKER_CRASH_ENV (production never sets it)."""
+    marker = os.environ.get(TEST_WORKER_CRASH_ENV)
+    if marker and any(marker in item.object_id for item in batch):
+        log.error("test worker crash marker found: exiting with status 137")
+        os._exit(137)
 
 
 def current_annotator() -> Annotator:

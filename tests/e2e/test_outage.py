@@ -10,7 +10,6 @@ the wait starts, one at least every 30 s and one at recovery; the group keeps it
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -20,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 from confluent_kafka.admin import AdminClient
 from pymongo import MongoClient
 
@@ -32,12 +30,12 @@ from tests.pipeline_helpers import (
     free_port,
     light_curve_duplicates,
     output_record,
+    probe,
     produce,
     read_topic,
 )
 
 FERRETDB = sorted(Path.home().glob(".cache/nightjar/ferretdb/*/ferretdb"))
-BLOCKED = 'nightjar_dependency_blocked{dependency="mongodb"}'
 
 
 class PrivateFerretDB:
@@ -127,20 +125,22 @@ def test_mongodb_outage_is_visible_and_costs_nothing(
     process = rig.start()
     with process.diagnosed():
         poll_until(lambda: db["alerts"].count_documents({}) == 100, 120, 0.5, "first 100 stored")
-        poll_until(lambda: _probe(port)[0], 30, 0.5, "ready before the outage")
+        poll_until(lambda: probe(port, "mongodb")[0], 30, 0.5, "ready before the outage")
         members = _members(kafka_admin, rig.group_id)
 
         ferretdb.kill()
         produce(rig.bootstrap, rig.topics[0], [a.data for a in alerts[100:]])
-        poll_until(lambda: not _probe(port)[0], 60, 0.5, "not ready once MongoDB is gone")
+        poll_until(lambda: not probe(port, "mongodb")[0], 60, 0.5, "not ready once MongoDB is gone")
         began = time.monotonic()
         while time.monotonic() - began < outage_s:
-            ready, blocked = _probe(port)
+            ready, blocked = probe(port, "mongodb")
             assert not ready and blocked == 1.0, (ready, blocked)
             time.sleep(1)
         ferretdb.start()
         poll_until(lambda: _count(db) == 200, 120, 0.5, "every alert stored after the outage")
-        poll_until(lambda: _probe(port) == (True, 0.0), 60, 0.5, "ready again, gauge at 0")
+        poll_until(
+            lambda: probe(port, "mongodb") == (True, 0.0), 60, 0.5, "ready again, gauge at 0"
+        )
         assert _members(kafka_admin, rig.group_id) == members  # never left the group
     finished = process.terminate()
     assert finished.returncode == 0, finished.log
@@ -161,14 +161,6 @@ def test_mongodb_outage_is_visible_and_costs_nothing(
     ]
     assert sorted(published) == sorted(a.candid for a in alerts)  # 0 lost, 0 duplicates
     assert committed(kafka_admin, rig.group_id, rig.topics[0], 1) == {0: 200}
-
-
-def _probe(port: int) -> tuple[bool, float | None]:
-    """(/readyz says ready, the mongodb blocked gauge)."""
-    ready = requests.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
-    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    found = re.search(re.escape(BLOCKED) + r" (\S+)", metrics)
-    return ready, float(found.group(1)) if found else None
 
 
 def _stamp(line: str) -> float:

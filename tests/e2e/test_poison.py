@@ -4,23 +4,29 @@ dead-letter topic takes, and a message that kills the broker process every time 
 Input: simulated ZTF alerts with 1.5x, 2x and 3x `kafka.max_message_bytes` messages in the
 middle (the input topic accepts them: max.message.bytes raised on it); then a message holding
 the test-only crash marker (NIGHTJAR_TEST_CRASH_MARKER), the broker restarted in a bounded
-loop as a supervisor would. Every valid alert is stored once and committed; the bad
-messages are dead-lettered (a summary where the raw bytes cannot go), the killer as `poison`.
+loop as a supervisor would; then an alert that kills the Dask worker scoring it (the
+test-only NIGHTJAR_TEST_WORKER_CRASH_MARKER in its objectId) on a LocalCluster of worker
+processes. Every valid alert is stored once and committed; the bad messages are
+dead-lettered (a summary where the raw bytes cannot go), the killers as `poison`.
 """
 
 from __future__ import annotations
 
+import io
 import random
 from collections.abc import Iterator
 from typing import Any
 
+import fastavro
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 from pymongo.database import Database
 
+from broker.decode import Decoder
 from broker.publish import CONTENT_HEADER, read_summary
 from broker.records import HEAD_BYTES, Origin
+from broker.settings import SchemaSettings
 from broker.tools.simulate import simulate
 from tests.pipeline_helpers import Rig, committed, produce, read_topic
 
@@ -130,3 +136,41 @@ def test_a_message_that_kills_the_broker_is_dead_lettered_as_poison(
     doc = mongo_db["rejected"].find_one({"_id": str(Origin(rig.topics[0], 0, 21))})
     assert doc is not None and (doc["reason"], doc["raw"]) == ("poison", killer)
     assert mongo_db["crashloop"].count_documents({}) == 0  # cleared at the last commit
+
+
+def with_object_id(raw: bytes, object_id: str) -> bytes:
+    """The same ZTF alert under another objectId (the field the worker crash hook reads)."""
+    decoder = Decoder(SchemaSettings(), 4 * LIMIT)
+    _, records = decoder.read(raw)
+    buffer = io.BytesIO()
+    packet = records[0] | {"objectId": object_id}
+    fastavro.writer(buffer, decoder.schema_of(raw).parsed, [packet])
+    return buffer.getvalue()
+
+
+def test_an_alert_that_kills_its_dask_worker_is_dead_lettered_as_poison(
+    rig: Rig, mongo_db: Db, kafka_admin: AdminClient
+) -> None:
+    alerts = [alert.data for alert in simulate("ztf", 40, seed=7)]
+    killer = with_object_id(alerts[17], f"ZTF26{MARKER}")
+    stream = [*alerts[:17], killer, *alerts[18:]]
+    produce(rig.bootstrap, rig.topics[0], stream, partition=0)
+
+    finished = rig.run(
+        timeout=240,
+        NIGHTJAR_DISPATCH__LOCAL_PROCESSES="true",  # a worker that dies, not the broker
+        NIGHTJAR_DISPATCH__LOCAL_WORKERS="2",
+        NIGHTJAR_TEST_WORKER_CRASH_MARKER=MARKER,
+    )
+    print(f"broker run with a worker-killing alert: {finished.seconds:.1f} s")
+    assert finished.lines("scoring its alerts one at a time"), finished.log
+    stored = mongo_db["alerts"]
+    assert stored.count_documents({}) == len(alerts) - 1
+    assert stored.count_documents({"annotations": {"$in": [{}, None]}}) == 0  # all scored
+    assert committed(kafka_admin, rig.group_id, rig.topics[0], 1) == {0: len(stream)}
+    (dead,) = read_topic(rig.bootstrap, rig.dead_letter_topic)
+    assert dead.value == killer and dead.headers["nightjar-reason"] == b"poison"
+    assert dead.headers["nightjar-offset"] == b"17"
+    doc = mongo_db["rejected"].find_one({"_id": str(Origin(rig.topics[0], 0, 17))})
+    assert doc is not None and (doc["reason"], doc["raw"]) == ("poison", killer)
+    assert "a Dask worker died 4 times scoring it alone" in doc["detail"], doc["detail"]

@@ -17,12 +17,14 @@ import pytest
 
 from broker import history
 from broker.decode import Decoder
+from broker.dispatch import Dispatcher
 from broker.pipeline import Batch, Pipeline, scoring_input
 from broker.records import Alert, AlertResult, Annotation, Origin, Rejection, ScoringInput
-from broker.settings import SchemaSettings
+from broker.settings import SchemaSettings, Settings
 from broker.store import StoreResult, object_key
 from broker.tools.simulate import simulate
 from broker.writer import AddedPoints, split_results
+from tests.unit.test_dispatch import FakeClient
 
 TOPIC = "alerts"
 
@@ -159,6 +161,15 @@ class Stages:
         self.events.append(("close", None))
 
     # dispatcher
+    def connected(self) -> bool:
+        return True
+
+    def lost(self, error: BaseException) -> bool:
+        return False
+
+    def worker_died(self, error: BaseException) -> bool:
+        return False
+
     def submit(self, inputs: Sequence[ScoringInput]) -> Future[list[AlertResult]]:
         future: Future[list[AlertResult]] = Future()
         if self.failures:
@@ -194,18 +205,22 @@ class Stages:
         self.events.append(("flush", None))
 
 
-def run_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pipeline:
-    pipeline = make_pipeline(decoder, stages, max_in_flight)
+def run_pipeline(
+    decoder: Decoder, stages: Stages, max_in_flight: int = 2, dispatcher: Any = None
+) -> Pipeline:
+    pipeline = make_pipeline(decoder, stages, max_in_flight, dispatcher)
     pipeline.run(threading.Event(), exit_when_idle=0.05)
     return pipeline
 
 
-def make_pipeline(decoder: Decoder, stages: Stages, max_in_flight: int = 2) -> Pipeline:
+def make_pipeline(
+    decoder: Decoder, stages: Stages, max_in_flight: int = 2, dispatcher: Any = None
+) -> Pipeline:
     factory: Callable[[Any], Any] = lambda _on_revoke: stages  # noqa: E731
     return Pipeline(
         decoder=decoder,
         consumer_factory=factory,
-        dispatcher=cast(Any, stages),
+        dispatcher=dispatcher or cast(Any, stages),
         store=cast(Any, stages),
         publisher=cast(Any, stages),
         batch_size=10,
@@ -311,3 +326,70 @@ def test_a_later_batch_of_the_same_object_is_stored_with_the_points_of_the_earli
 
 def decoded_candid(decoder: Decoder, raw: bytes) -> int:
     return decoder.decode(raw).candid
+
+
+# -- a worker that dies, a scheduler that goes away (broker.dispatch on a stand-in client) --
+
+
+def test_an_alert_that_kills_its_worker_is_dead_lettered_as_poison(
+    decoder: Decoder, raws: list[bytes]
+) -> None:
+    killer = decoded_candid(decoder, raws[5])
+    client = FakeClient(killers={killer})
+    dispatcher = Dispatcher(Settings())
+    dispatcher.client = cast(Any, client)
+    stages = Stages([raws[0:4], raws[4:8], raws[8:10]])
+    pipeline = run_pipeline(decoder, stages, dispatcher=dispatcher)
+
+    expected = [decoded_candid(decoder, r) for r in raws[:10] if r is not raws[5]]
+    assert [a.candid for a in stages.stored] == expected
+    assert all(result.annotations for result in stages.results)  # every other one scored
+    dead = [o for name, origins in stages.events if name == "dead letter" for o in origins]
+    assert dead == [Origin(TOPIC, 0, 5)]
+    # The second batch: whole once (its worker died), then one alert at a time.
+    second = [decoded_candid(decoder, r) for r in raws[4:8]]
+    assert client.submitted[1] == (second, True)
+    assert client.submitted[2:6] == [([candid], False) for candid in second]
+    commits = [offsets for name, offsets in stages.events if name == "commit"]
+    assert commits == [{(TOPIC, 0): 4}, {(TOPIC, 0): 8}, {(TOPIC, 0): 10}]
+    assert (pipeline.stats.stored, pipeline.stats.rejected) == (9, 1)
+
+
+def test_a_lost_scheduler_holds_the_batches_and_they_go_on_once_it_is_back(
+    decoder: Decoder, raws: list[bytes], monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    monkeypatch.setattr("broker.pipeline.DASK_RETRY_S", (0.01, 0.02))
+    settings = Settings.model_validate({"dispatch": {"scheduler_address": "tcp://127.0.0.1:9"}})
+    dispatcher = Dispatcher(settings)
+    # More losses than WORKER_ATTEMPTS: a scheduler outage is not the batch's failure.
+    lost = [FakeClient(lose_after=n) for n in (1, 0, 0, 0)]
+    dispatcher.client = cast(Any, lost[0])
+    back = FakeClient()
+    clients: list[Any] = [*lost[1:], OSError("refused"), OSError("refused"), back]
+
+    blocked: list[list[str]] = []  # while each try to join the scheduler again
+
+    def connect(address: str, timeout: float) -> Any:
+        blocked.append([b.dependency for b in pipeline.health.blocked()])
+        client = clients.pop(0)
+        if isinstance(client, Exception):
+            raise client
+        return client
+
+    monkeypatch.setattr("broker.dispatch.Client", connect)
+    stages = Stages([raws[0:3], raws[3:6], raws[6:9]])
+    pipeline = make_pipeline(decoder, stages, max_in_flight=2, dispatcher=dispatcher)
+    with caplog.at_level("WARNING", logger="broker.health"):
+        pipeline.run(threading.Event(), exit_when_idle=0.05)
+
+    assert [a.candid for a in stages.stored] == [decoded_candid(decoder, r) for r in raws[:9]]
+    assert all(result.annotations for result in stages.results)  # none stored unscored
+    assert not clients and back.plugins  # the plugin registered on the scheduler that came back
+    assert blocked == [["dask"]] * 6 and pipeline.health.blocked() == []
+    # Each loss (this scheduler flaps) reported once when it starts and once when it ends.
+    warned = [r.getMessage() for r in caplog.records if r.getMessage().startswith("dask")]
+    assert len(warned) >= 2 and len(warned) % 2 == 0, warned
+    assert all("dask unreachable: waiting for it" in w for w in warned[::2]), warned
+    assert all("dask reachable again" in w for w in warned[1::2]), warned
+    commits = [offsets for name, offsets in stages.events if name == "commit"]
+    assert commits == [{(TOPIC, 0): 3}, {(TOPIC, 0): 6}, {(TOPIC, 0): 9}]
