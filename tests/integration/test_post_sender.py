@@ -91,6 +91,7 @@ class Stack:
     # Generous by default: on a loaded 2-core CI machine a healthy call can take over a
     # second, and a spurious timeout re-sends an (idempotent) PUT the tests count.
     timeout: float = 3.0
+    concurrency: int = 4  # jobs in flight per sender (every test runs them concurrently)
     server: FritzServer | None = None
     senders: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
 
@@ -100,7 +101,8 @@ class Stack:
         fritz = {"url": f"http://127.0.0.1:{self.port}", "token": token,
                  "timeout_seconds": self.timeout, "lease_seconds": 8 * self.timeout,
                  "backoff_seconds": 0.05, "backoff_max_seconds": 0.2,
-                 "poll_seconds": 0.05, "server": server}  # fmt: skip
+                 "poll_seconds": 0.05, "concurrency": self.concurrency,
+                 "server": server}  # fmt: skip
         bts = {"name": "bts", "fritz_filter_id": 1, "group_ids": [1],
                "query": {"annotations.btsbot.score": {"$gte": 0.5}}}  # fmt: skip
         return Settings.model_validate(
@@ -262,7 +264,11 @@ def test_service_stopped_and_restarted(
     stack: Stack, alert_docs: list[AlertDocument], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="broker.health")
+    # One job at a time, each thumbnail slowed: all five jobs take seconds, so the service
+    # is stopped with work left (at full speed they can finish before it goes down).
+    stack.concurrency = 1
     stack.filter_batch(alert_docs)
+    stack.faults(mode="stall", seconds=0.3, count=15, path_prefix="/api/thumbnail")
     stack.start_sender()
     poll_until(lambda: len(stack.writes()) >= 8, timeout=30, message="some posts landed")
     stack.stop_server()
