@@ -61,18 +61,10 @@ class TimedClient(SkyPortalClient):
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self._lock = threading.Lock()
 
-    def call(
-        self,
-        name: str,
-        method: str,
-        path: str,
-        *,
-        payload: Mapping[str, Any] | None = None,
-        ok: tuple[int, ...] = (200,),
-    ) -> tuple[int, Any]:
+    def call(self, name: str, method: str, path: str, **options: Any) -> tuple[int, Any]:
         started = time.perf_counter()
         try:
-            return super().call(name, method, path, payload=payload, ok=ok)
+            return super().call(name, method, path, **options)
         finally:
             with self._lock:
                 self.seconds[name].append(time.perf_counter() - started)
