@@ -251,6 +251,9 @@ class FritzSettings(Section):
     backoff_seconds: float = Field(default=2.0, gt=0)
     backoff_max_seconds: float = Field(default=300.0, gt=0)
     poll_seconds: float = Field(default=1.0, gt=0)
+    # Jobs posted at once (threads, and kept-alive connections to Fritz); each job's calls
+    # stay in order. 8 keeps a busy night's matches posted (README "Posting to SkyPortal").
+    concurrency: int = Field(default=8, ge=1, le=64)
     server: FritzServerSettings = FritzServerSettings()
 
     @field_validator("url")

@@ -37,10 +37,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="alerts in the steady-rate latency phase (default: half of --n)",
     )
     parser.add_argument(
+        "--poster-n",
+        type=int,
+        default=200,
+        metavar="N",
+        help="filter matches the poster scenario posts to a private Fritz-like service (200)",
+    )
+    parser.add_argument(
         "--scenario",
         choices=[*SCENARIOS, "both", *SCALE_OUT],
         default="both",
-        help="passthrough (models off), models (installed models on CPU) or both (default); "
+        help="passthrough (models off), models (installed models on CPU), poster (outbox -> "
+        "a private Fritz-like service: candidates/s) or both: all three (default); "
         "scaling (1-2 brokers x 1-4 `dask worker`s on an external scheduler, --n alerts per "
         "cell), burst (--n alerts at once, e.g. 40000), long-history (fresh objects against "
         "objects holding 300 points)",
@@ -74,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.verbose:
         # Progress bars tell the story; the per-batch INFO lines would drown them.
         logging.getLogger().setLevel(logging.WARNING)
-    if args.n <= 0 or (args.latency_n is not None and args.latency_n <= 0):
-        print("nightjar bench: --n and --latency-n must be positive", file=sys.stderr)
+    if min(args.n, args.poster_n, args.latency_n or 1) <= 0:
+        print("nightjar bench: --n, --latency-n and --poster-n must be positive", file=sys.stderr)
         return 2
     problem = unreachable(settings)
     if problem is not None:
@@ -94,7 +102,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         scenarios = SCENARIOS if args.scenario == "both" else (args.scenario,)
         document = run_bench(
-            settings, args.n, scenarios, live_n=args.latency_n, progress=not args.no_progress
+            settings,
+            args.n,
+            scenarios,
+            live_n=args.latency_n,
+            progress=not args.no_progress,
+            poster_n=args.poster_n,
         )
     _emit(document, args.out)
     failed = [name for name, result in document["scenarios"].items() if "error" in result]

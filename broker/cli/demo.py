@@ -46,9 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--post-wait",
         type=float,
-        default=30.0,
+        default=300.0,
         metavar="SECONDS",
-        help="keep posting this long after the broker is done (default 30; then: nightjar post)",
+        help="after the broker is done, wait until every filter match is posted, at most "
+        "this long (default 300; what is left: nightjar post)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars on stderr")
     parser.set_defaults(run=run)
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         reference=args.reference if args.reference.is_dir() else None,
         state_dir=args.dir,
         post=not args.no_post,
-        post_wait_s=max(0.0, args.post_wait),
+        post_timeout_s=max(0.0, args.post_wait),
         progress=not args.no_progress,
     )
     result = run_demo(settings, options, say)

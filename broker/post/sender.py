@@ -3,7 +3,9 @@
 Input: jobs claimed from broker.post.outbox. Output, per job: POST /api/candidates, PUT
 /api/photometry, three POST /api/thumbnail and POST (or PUT) /api/sources/{id}/annotations,
 each recorded in the outbox as it succeeds so no call is repeated. Runs as `nightjar post`,
-or in a thread of `nightjar run`: `Sender.from_settings(settings).run(stop)`.
+or in a thread of `nightjar run`: `Sender.from_settings(settings).run(stop)`. One thread
+claims; `fritz.concurrency` threads post, each job's calls in order on one thread, and jobs
+of one object one after another in the order they were claimed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -24,17 +28,18 @@ from pymongo.errors import PyMongoError
 from broker.errors import ConfigError, TransientError
 from broker.health import Health, Outage
 from broker.metrics import POST_JOBS, POST_OLDEST, POST_QUEUE, POST_SECONDS
-from broker.post.outbox import Claim, JobDoc, Outbox, new_owner_id, utcnow
+from broker.post.outbox import JOB_STEPS, Claim, JobDoc, Outbox, new_owner_id, utcnow
 from broker.post.photometry import light_curve, photometry_payload
 from broker.post.skyportal import (
     BadJob,
+    RateLimited,
     Rejected,
     SkyPortalClient,
     TimedOut,
     annotation_payload,
     candidate_payload,
 )
-from broker.post.thumbnails import TTYPES, CutoutKind, cutout_png
+from broker.post.thumbnails import TTYPES, CutoutKind, RenderedThumbnails
 
 if TYPE_CHECKING:
     from pymongo.database import Database
@@ -43,17 +48,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STEPS = (
-    "candidate",
-    "photometry",
-    "thumbnail_new",
-    "thumbnail_ref",
-    "thumbnail_sub",
-    "annotations",
-)
+STEPS = JOB_STEPS
 _THUMBNAIL_STEPS: dict[str, CutoutKind] = {f"thumbnail_{t}": kind for kind, t in TTYPES.items()}
 _CALLS_PER_STEP = {"candidate": 3, "annotations": 4}  # e.g. HEAD + GET + POST
 _GAUGE_PERIOD_SECONDS = 10.0
+_SLOT_WAIT_SECONDS = 0.2  # how often a claimer waiting for a free thread checks `stop`
 
 
 @dataclass(slots=True)
@@ -66,7 +65,8 @@ class JobData:
 
 
 class Sender:
-    """Claims outbox jobs one at a time and makes their outstanding SkyPortal calls."""
+    """Claims outbox jobs and makes their outstanding SkyPortal calls, `fritz.concurrency`
+    jobs at a time (post_next: one job, on the calling thread)."""
 
     def __init__(self, db: Database[Any], client: SkyPortalClient, fritz: FritzSettings) -> None:
         self.outbox = Outbox(db)
@@ -79,7 +79,14 @@ class Sender:
         self._auth_reported = False
         self._gauges_at = 0.0
         self._outcomes: Counter[str] = Counter()  # since the last INFO summary
+        self._outcomes_lock = threading.Lock()
         self._on_close: list[Callable[[], None]] = [client.close]
+        self._thumbnails = RenderedThumbnails(capacity=8 * fritz.concurrency)
+        # Claimer thread only: a free posting thread per slot, the last job of each object
+        # in flight (the next one of that object waits for it), no claims before this time.
+        self._slots = threading.Semaphore(fritz.concurrency)
+        self._last_of_object: dict[str, Future[None]] = {}
+        self._paused_until = 0.0
         self._watch(Health())
 
     @classmethod
@@ -97,7 +104,12 @@ class Sender:
         mongo: pymongo.MongoClient[Any] = pymongo.MongoClient(
             settings.mongo_uri(), serverSelectionTimeoutMS=settings.mongo.timeout_ms, tz_aware=True
         )
-        client = SkyPortalClient(settings.fritz.url, token, settings.fritz.timeout_seconds)
+        client = SkyPortalClient(
+            settings.fritz.url,
+            token,
+            settings.fritz.timeout_seconds,
+            pool_size=settings.fritz.concurrency,
+        )
         sender = cls(mongo[settings.mongo.database], client, settings.fritz)
         sender._on_close.append(mongo.close)
         return sender
@@ -111,13 +123,19 @@ class Sender:
         """Post until `stop` is set (or nothing was due for `exit_when_idle` seconds)."""
         if health is not None:
             self._watch(health)
-        log.info("sender %s posting outbox jobs to %s", self.owner, self.fritz.url)
+        log.info(
+            "sender %s posting outbox jobs to %s, %d at a time",
+            self.owner,
+            self.fritz.url,
+            self.fritz.concurrency,
+        )
         idle_since = time.monotonic()
+        pool = ThreadPoolExecutor(self.fritz.concurrency, thread_name_prefix="nightjar-post")
         try:
             while not stop.is_set():
                 if health is not None:
                     health.tick()
-                if self._loop_once(stop):
+                if self._loop_once(stop, pool):
                     idle_since = time.monotonic()
                     continue
                 if exit_when_idle is not None and time.monotonic() - idle_since >= exit_when_idle:
@@ -125,6 +143,7 @@ class Sender:
                     return
                 stop.wait(self.fritz.poll_seconds)
         finally:
+            pool.shutdown(wait=True)  # jobs in flight hand back at their next step when stopping
             self._summarise()
             self.close()
 
@@ -141,12 +160,12 @@ class Sender:
         except PyMongoError:
             return -1
 
-    def _loop_once(self, stop: threading.Event) -> bool:
+    def _loop_once(self, stop: threading.Event, pool: ThreadPoolExecutor) -> bool:
         try:
             self._refresh_gauges()
-            posted = self.post_next(stop)
+            dispatched = self._dispatch_next(stop, pool)
             self._mongo_outage.recovered()
-            return posted
+            return dispatched
         except PyMongoError as exc:
             self._mongo_outage.failed(exc)
             log.debug("sender: MongoDB error, retrying in %g s: %s", self.fritz.poll_seconds, exc)
@@ -154,15 +173,67 @@ class Sender:
             log.exception("sender: unexpected error; continuing")
         return False
 
+    def _dispatch_next(self, stop: threading.Event, pool: ThreadPoolExecutor) -> bool:
+        """Wait for a free posting thread, claim one due job and hand it over; False when
+        none was due (or stopping, or Fritz asked to slow down)."""
+        if time.monotonic() < self._paused_until:
+            return False
+        while not self._slots.acquire(timeout=_SLOT_WAIT_SECONDS):
+            if stop.is_set():
+                return False
+        try:
+            claim = self.outbox.claim(self.owner, self.fritz.lease_seconds)
+        except BaseException:
+            self._slots.release()
+            raise
+        if claim is None:
+            self._slots.release()
+            return False
+        object_id = claim.job["object_id"]
+        before = self._last_of_object.get(object_id)
+        future = pool.submit(self._post_in_turn, claim, before, stop)
+        self._last_of_object[object_id] = future
+        if len(self._last_of_object) > 4 * self.fritz.concurrency:
+            self._last_of_object = {k: f for k, f in self._last_of_object.items() if not f.done()}
+        return True
+
+    def _post_in_turn(
+        self, claim: Claim, before: Future[None] | None, stop: threading.Event
+    ) -> None:
+        """A posting thread's task: after the object's previous job (so a later alert's
+        annotation is the one left on SkyPortal), post this one; never raises."""
+        try:
+            if before is not None:
+                wait_for([before])
+            self.post_claimed(claim, stop)
+            self._mongo_outage.recovered()
+        except PyMongoError as exc:
+            # The lease runs out and the job is claimed again, resuming from its steps.
+            self._mongo_outage.failed(exc)
+            log.debug("job %s: MongoDB error; left to its lease: %s", claim.job_id, exc)
+        except Exception:  # the top of a posting thread: one bad job must not stop the sender
+            log.exception("job %s: unexpected error; left to its lease", claim.job_id)
+        finally:
+            self._slots.release()
+
     def post_next(self, stop: threading.Event | None = None) -> bool:
-        """Claim one due job and make its outstanding calls; False when none was due."""
+        """Claim one due job and make its outstanding calls here; False when none was due."""
         claim = self.outbox.claim(self.owner, self.fritz.lease_seconds)
         if claim is None:
             return False
+        self.post_claimed(claim, stop)
+        return True
+
+    def post_claimed(self, claim: Claim, stop: threading.Event | None = None) -> None:
+        """Make a claimed job's outstanding calls, then complete, retry or fail it."""
         started = time.monotonic()
         try:
             self._post(claim, stop)
             self._fritz_outage.recovered()
+        except RateLimited as exc:
+            self._fritz_outage.recovered()  # it answered: busy, but reachable
+            self._slow_down(exc.retry_after)
+            self._retry_later(claim, str(exc), timed_out=False, at_least=exc.retry_after)
         except TransientError as exc:
             self._fritz_outage.failed(exc)
             self._retry_later(claim, str(exc), timed_out=isinstance(exc, TimedOut))
@@ -174,7 +245,6 @@ class Sender:
             self._count("failed")
             self.outbox.fail(claim, str(exc))
         POST_SECONDS.observe(time.monotonic() - started)
-        return True
 
     def close(self) -> None:
         for close in self._on_close:
@@ -283,7 +353,7 @@ class Sender:
             log.warning("job %s: no %s cutout; thumbnail skipped", data.job["_id"], kind)
             return {"skipped": f"no {kind} cutout"}
         try:
-            png = cutout_png(bytes(stamp), kind)
+            png = self._thumbnails.png(data.job["alert_id"], kind, bytes(stamp))
         except ValueError as exc:
             log.warning("job %s: %s thumbnail skipped: %s", data.job["_id"], kind, exc)
             return {"skipped": str(exc)}
@@ -319,10 +389,19 @@ class Sender:
         same = [a["id"] for a in existing or [] if a.get("origin") == origin]
         return int(same[0]) if same else None
 
-    def _retry_later(self, claim: Claim, error: str, *, timed_out: bool) -> None:
+    def _slow_down(self, seconds: float) -> None:
+        """Fritz answered 429: claim nothing new for Retry-After seconds (every thread's
+        jobs in flight finish their current call and meet the same answer)."""
+        log.warning("Fritz asks to slow down (HTTP 429): no new job for %.1f s", seconds)
+        self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    def _retry_later(
+        self, claim: Claim, error: str, *, timed_out: bool, at_least: float = 0.0
+    ) -> None:
         failures = int(claim.job.get("failures", 0))
         delay = min(self.fritz.backoff_max_seconds, self.fritz.backoff_seconds * 2**failures)
         delay *= random.uniform(0.8, 1.0)  # spread retries of many jobs after an outage
+        delay = max(delay, at_least)
         if timed_out:
             # Give a slow server time to finish the request we gave up on, so the retry's
             # HEAD/GET check sees its result instead of racing it.
@@ -333,7 +412,8 @@ class Sender:
 
     def _count(self, status: str) -> None:
         POST_JOBS.labels(status=status).inc()
-        self._outcomes[status] += 1
+        with self._outcomes_lock:
+            self._outcomes[status] += 1
 
     def _reject(self, claim: Claim, exc: Rejected) -> None:
         self._count("failed")
@@ -345,8 +425,7 @@ class Sender:
                 claim.job_id,
                 exc,
             )
-        elif not self._auth_reported:
-            self._auth_reported = True
+        elif self._first_auth_refusal():
             log.error(
                 "SkyPortal at %s refused fritz.token (HTTP %d: %s): set NIGHTJAR_FRITZ__TOKEN or "
                 "fritz.token_file to a valid token, then run `nightjar post --retry-failed`; "
@@ -357,6 +436,12 @@ class Sender:
             )
         else:
             log.debug("job %s: token refused again (HTTP %d)", claim.job_id, exc.status)
+
+    def _first_auth_refusal(self) -> bool:
+        """True once: several posting threads meet a bad token at the same moment."""
+        with self._outcomes_lock:
+            first, self._auth_reported = not self._auth_reported, True
+        return first
 
     def _refresh_gauges(self) -> None:
         if time.monotonic() - self._gauges_at < _GAUGE_PERIOD_SECONDS:
@@ -369,8 +454,10 @@ class Sender:
         self._summarise(pending)
 
     def _summarise(self, pending: int | None = None) -> None:
-        if self._outcomes:
-            summary = ", ".join(f"{n} {status}" for status, n in sorted(self._outcomes.items()))
+        with self._outcomes_lock:
+            outcomes = dict(self._outcomes)
+            self._outcomes.clear()
+        if outcomes:
+            summary = ", ".join(f"{n} {status}" for status, n in sorted(outcomes.items()))
             left = "" if pending is None else f"; {pending} job(s) pending"
             log.info("sender: %s%s", summary, left)
-            self._outcomes.clear()

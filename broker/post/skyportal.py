@@ -1,8 +1,8 @@
 """SkyPortal's HTTP API as the poster speaks it: one keep-alive client and the request bodies.
 
 Input: a call (method, path, JSON body). Output: the envelope's data, or TransientError
-(timeouts, 5xx, 429; TimedOut when the server may have acted) and Rejected (4xx). The
-bodies follow the calls Kowalski makes for each new candidate.
+(timeouts, 5xx; TimedOut when the server may have acted; RateLimited for 429) and Rejected
+(4xx). The bodies follow the calls Kowalski makes for each new candidate.
 """
 
 from __future__ import annotations
@@ -12,11 +12,15 @@ from collections.abc import Mapping
 from typing import Any
 
 import requests
+from requests.adapters import HTTPAdapter
 
 from broker import __version__
 from broker.errors import NightjarError, TransientError
 from broker.metrics import POST_REQUESTS
 from broker.post.outbox import JobDoc
+
+DEFAULT_RETRY_AFTER_SECONDS = 5.0
+MAX_RETRY_AFTER_SECONDS = 300.0
 
 
 class Rejected(NightjarError):
@@ -33,17 +37,33 @@ class TimedOut(TransientError):
     """No (complete) answer: the server may have done, or may still do, what was asked."""
 
 
+class RateLimited(TransientError):
+    """HTTP 429: SkyPortal asks for fewer requests; `retry_after` seconds (its Retry-After
+    header, else the default) before the next."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class BadJob(NightjarError):
     """The job's data cannot become a SkyPortal request (e.g. its alert is gone)."""
 
 
 class SkyPortalClient:
-    """One requests.Session speaking SkyPortal's envelope ({"status", "data" | "message"})."""
+    """One requests.Session speaking SkyPortal's envelope ({"status", "data" | "message"}),
+    shared by the poster's threads: up to `pool_size` kept-alive connections, never more
+    (a thread waits for a free one), so each posting thread reuses its connection."""
 
-    def __init__(self, base_url: str, token: str, timeout_seconds: float) -> None:
+    def __init__(
+        self, base_url: str, token: str, timeout_seconds: float, pool_size: int = 1
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout_seconds
         self.session = requests.Session()
+        adapter = HTTPAdapter(pool_connections=1, pool_maxsize=pool_size, pool_block=True)
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
         self.session.headers.update(
             {"Authorization": f"token {token}", "User-Agent": f"Nightjar/{__version__}"}
         )
@@ -75,7 +95,10 @@ class SkyPortalClient:
             raise TimedOut(f"{where}: {exc.__class__.__name__}: {exc}") from exc
         status = response.status_code
         POST_REQUESTS.labels(call=name, status=str(status)).inc()
-        if status >= 500 or status == 429:
+        if status == 429:
+            wait = _retry_after(response.headers.get("Retry-After"))
+            raise RateLimited(f"{where}: HTTP 429: {_message(response)}", wait)
+        if status >= 500:
             raise TransientError(f"{where}: HTTP {status}: {_message(response)}")
         if status not in ok:
             raise Rejected(name, status, _message(response))
@@ -123,6 +146,17 @@ def annotation_payload(job: JobDoc, alert: Mapping[str, Any]) -> dict[str, Any]:
     if job["group_ids"]:
         payload["group_ids"] = list(job["group_ids"])
     return payload
+
+
+def _retry_after(header: str | None) -> float:
+    """Retry-After in seconds (the delay form; an HTTP date or nothing: the default)."""
+    try:
+        seconds = float(header) if header else DEFAULT_RETRY_AFTER_SECONDS
+    except ValueError:
+        seconds = DEFAULT_RETRY_AFTER_SECONDS
+    if not math.isfinite(seconds):
+        seconds = DEFAULT_RETRY_AFTER_SECONDS
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_SECONDS)
 
 
 def _json(response: requests.Response) -> Any:

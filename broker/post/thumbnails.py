@@ -8,7 +8,9 @@ Kowalski's thumbnails are on Fritz, with a robust percentile + asinh stretch.
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
+from collections import OrderedDict
 from typing import Literal
 
 import numpy as np
@@ -34,6 +36,38 @@ def cutout_png(stamp: bytes, kind: CutoutKind, *, scale: int = 3) -> bytes:
     if not (MIN_SIDE <= width <= MAX_SIDE and MIN_SIDE <= height <= MAX_SIDE):
         raise ValueError(f"thumbnail would be {width}x{height} px; SkyPortal needs 16-500 a side")
     return encode_png(enlarged)
+
+
+class RenderedThumbnails:
+    """PNGs rendered once per (alert, cutout) and kept for the job's retries, the most
+    recent `capacity` of them (a retry after a failed call posts the same bytes, unrendered).
+    A stamp that cannot be rendered raises ValueError each time it is asked for."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(1, capacity)
+        self._pngs: OrderedDict[tuple[str, str], bytes | ValueError] = OrderedDict()
+        self._lock = threading.Lock()
+        self.rendered = 0  # how many were rendered (the tests check reuse)
+
+    def png(self, alert_id: str, kind: CutoutKind, stamp: bytes) -> bytes:
+        key = (alert_id, kind)
+        with self._lock:
+            found = self._pngs.get(key)
+            if found is not None:
+                self._pngs.move_to_end(key)
+        if found is None:
+            try:
+                found = cutout_png(stamp, kind)  # outside the lock: threads render in parallel
+            except ValueError as exc:
+                found = exc
+            with self._lock:
+                self.rendered += 1
+                self._pngs[key] = found
+                while len(self._pngs) > self._capacity:
+                    self._pngs.popitem(last=False)
+        if isinstance(found, ValueError):
+            raise found
+        return found
 
 
 def read_stamp(stamp: bytes) -> np.ndarray:

@@ -20,6 +20,7 @@ from confluent_kafka import Consumer, TopicPartition
 from pymongo import MongoClient
 
 from broker.cli.fritz import fritz_server
+from broker.post.outbox import Outbox
 from broker.post.thumbnails import PNG_SIGNATURE, png_size
 from broker.settings import Settings
 from broker.surveys import surveys
@@ -86,7 +87,7 @@ def demo_run(
         fetch_models=False,
         serve_metrics=False,
         progress=False,
-        post_wait_s=90,
+        post_timeout_s=180,
     )
     result: DemoResult | None = None
     try:
@@ -162,7 +163,8 @@ def test_demo_fills_mongodb_kafka_the_table_the_gallery_and_fritz(
     bright = db["alerts"].count_documents({"candidate.magpsf": {"$lt": BRIGHT}})
     assert bright >= 1
     assert report.filter_matches == {"bright": bright}
-    assert report.outbox == {"bright": {"done": bright}}
+    assert report.outbox == {"bright": {"done": bright}}  # 0 unposted: none pending or failed
+    assert Outbox(db).counts() == {"done": bright}
     listed = requests.get(
         f"{fritz_url}/api/candidates",
         params={"numPerPage": 100},

@@ -26,7 +26,7 @@ from broker.cli.fritz import fritz_server
 from broker.decode import Decoder
 from broker.errors import ConfigError
 from broker.filters import FilterStage
-from broker.post.outbox import Outbox
+from broker.post.outbox import JOB_STEPS, Outbox
 from broker.post.sender import Sender
 from broker.post.skyportal import SkyPortalClient, candidate_payload
 from broker.records import Alert, AlertResult, Annotation
@@ -91,6 +91,7 @@ class Stack:
     # Generous by default: on a loaded 2-core CI machine a healthy call can take over a
     # second, and a spurious timeout re-sends an (idempotent) PUT the tests count.
     timeout: float = 3.0
+    concurrency: int = 4  # jobs in flight per sender (every test runs them concurrently)
     server: FritzServer | None = None
     senders: list[tuple[threading.Thread, threading.Event]] = field(default_factory=list)
 
@@ -100,7 +101,8 @@ class Stack:
         fritz = {"url": f"http://127.0.0.1:{self.port}", "token": token,
                  "timeout_seconds": self.timeout, "lease_seconds": 8 * self.timeout,
                  "backoff_seconds": 0.05, "backoff_max_seconds": 0.2,
-                 "poll_seconds": 0.05, "server": server}  # fmt: skip
+                 "poll_seconds": 0.05, "concurrency": self.concurrency,
+                 "server": server}  # fmt: skip
         bts = {"name": "bts", "fritz_filter_id": 1, "group_ids": [1],
                "query": {"annotations.btsbot.score": {"$gte": 0.5}}}  # fmt: skip
         return Settings.model_validate(
@@ -262,7 +264,11 @@ def test_service_stopped_and_restarted(
     stack: Stack, alert_docs: list[AlertDocument], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="broker.health")
+    # One job at a time, each thumbnail slowed: all five jobs take seconds, so the service
+    # is stopped with work left (at full speed they can finish before it goes down).
+    stack.concurrency = 1
     stack.filter_batch(alert_docs)
+    stack.faults(mode="stall", seconds=0.3, count=15, path_prefix="/api/thumbnail")
     stack.start_sender()
     poll_until(lambda: len(stack.writes()) >= 8, timeout=30, message="some posts landed")
     stack.stop_server()
@@ -298,6 +304,51 @@ def test_two_senders_share_the_queue(stack: Stack, alert_docs: list[AlertDocumen
     stack.start_sender()
     stack.start_sender()
     stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+
+
+def test_concurrent_senders_post_each_job_in_order_once(
+    stack: Stack, alert_docs: list[AlertDocument]
+) -> None:
+    # Three senders of four posting threads each race for five jobs (two of one object).
+    stack.filter_batch(alert_docs)
+    for _ in range(3):
+        stack.start_sender()
+    stack.wait_all("done", ALERTS - 1)
+    assert_landed_once(stack)
+    for job in stack.db["outbox"].find():
+        steps = {d["step"]: d["at"] for d in stack.db["outbox_steps"].find({"job": job["_id"]})}
+        assert [steps[step] for step in JOB_STEPS] == sorted(steps.values()), job["_id"]
+    # SkyPortal needs the candidate (which creates the object) before anything else of it.
+    first: dict[tuple[str, str], Any] = {}
+    for write in sorted(stack.writes(), key=lambda w: w["at"]):
+        kind = "candidate" if write["path"] == "/api/candidates" else "other"
+        first.setdefault((write["obj_id"], kind), write["at"])
+    for (obj_id, kind), at in first.items():
+        if kind == "other":
+            assert first[(obj_id, "candidate")] <= at, obj_id
+
+
+def test_posting_threads_reuse_their_connections(
+    stack: Stack, alert_docs: list[AlertDocument]
+) -> None:
+    stack.concurrency = 2
+    stack.filter_batch(alert_docs)
+    sender = Sender.from_settings(stack.settings())
+    stop = threading.Event()
+    thread = threading.Thread(target=sender.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        stack.wait_all("done", ALERTS - 1)
+        pools = sender.client.session.get_adapter(sender.fritz.url).poolmanager.pools
+        # urllib3 refuses to iterate its pool container itself: .keys() is the way in.
+        (pool,) = [pools[key] for key in pools.keys()]  # noqa: SIM118 (one host: one pool)
+        assert len(stack.writes()) >= 6 * (ALERTS - 1)  # and the HEAD/GET calls besides
+        # Every connection opened is kept alive and reused: no more than the threads.
+        assert 1 <= pool.num_connections <= 2, f"{pool.num_connections} connections"
+    finally:
+        stop.set()
+        thread.join(timeout=30)
     assert_landed_once(stack)
 
 

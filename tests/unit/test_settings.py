@@ -66,6 +66,7 @@ def test_nested_sections_are_overridden_too(monkeypatch: pytest.MonkeyPatch) -> 
         ("NIGHTJAR_KAFKA__AUTO_OFFSET_RESET", "middle", "kafka.auto_offset_reset"),
         ("NIGHTJAR_MODELS__PROVIDER", "tpu", "models.provider"),
         ("NIGHTJAR_METRICS__PORT", "70000", "metrics.port"),
+        ("NIGHTJAR_FRITZ__CONCURRENCY", "0", "fritz.concurrency"),
     ],
 )
 def test_a_bad_environment_value_names_the_field(

@@ -16,6 +16,7 @@ from astropy.io import fits
 
 from broker.post.thumbnails import (
     CutoutKind,
+    RenderedThumbnails,
     cutout_png,
     encode_png,
     orient,
@@ -154,3 +155,20 @@ def test_real_ztf_triplet(shared_dir: Path) -> None:
         expected = stretch(image, kind).astype(float)
         assert np.corrcoef(pixels.ravel(), expected.ravel())[0, 1] > 0.999
         assert pixels.std() > 5, f"{kind}: the stretch leaves structure visible"
+
+
+def test_thumbnails_are_rendered_once_per_alert_and_cutout() -> None:
+    """A job retried after a failed call posts the PNG rendered the first time."""
+    rendered = RenderedThumbnails(capacity=2)
+    stamp = fits_stamp(marked_stamp())
+    first = rendered.png("ztf:1", "science", stamp)
+    assert rendered.png("ztf:1", "science", stamp) is first
+    assert first == cutout_png(stamp, "science") and rendered.rendered == 1
+    with pytest.raises(ValueError):
+        rendered.png("ztf:2", "science", b"not a stamp")
+    with pytest.raises(ValueError):  # an unreadable stamp is not read again either
+        rendered.png("ztf:2", "science", b"not a stamp")
+    assert rendered.rendered == 2
+    rendered.png("ztf:3", "template", stamp)  # capacity 2: the oldest (ztf:1) goes
+    rendered.png("ztf:1", "science", stamp)
+    assert rendered.rendered == 4

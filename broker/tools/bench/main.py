@@ -30,6 +30,7 @@ from broker.tools.bench.ceiling import time_workers
 from broker.tools.bench.io import produce_paced, read_timestamps
 from broker.tools.bench.machine import CpuSample, cpu_sample, cpu_usage, machine
 from broker.tools.bench.monitor import PipelineWatcher
+from broker.tools.bench.poster import POSTER_N, run_poster
 from broker.tools.bench.stats import TARGETS, latencies_ms, phase_document, scenario_document
 from broker.tools.models.inventory import model_inventory
 from broker.tools.replay import default_producer_config, produce_messages
@@ -39,7 +40,8 @@ from workers.annotate import Annotator
 
 log = logging.getLogger(__name__)
 
-SCENARIOS = ("passthrough", "models")
+PIPELINE_SCENARIOS = ("passthrough", "models")
+SCENARIOS = (*PIPELINE_SCENARIOS, "poster")
 SEED = 42
 # The latency phase runs below the measured capacity, so queueing does not dominate.
 LIVE_FRACTION = 0.7
@@ -134,6 +136,7 @@ def run_bench(
     scenarios: tuple[str, ...] = SCENARIOS,
     live_n: int | None = None,
     progress: bool = True,
+    poster_n: int = POSTER_N,
 ) -> dict[str, Any]:
     """Every scenario on the same seeded alerts; the whole benchmark document."""
     if n <= 0:
@@ -144,12 +147,14 @@ def run_bench(
             f"scenario models: no ONNX model is installed in {settings.models.dir}; install "
             "them with `nightjar models fetch` (or `make models`)"
         )
-    messages = simulated(n + live_n, progress)
+    pipeline = [s for s in scenarios if s in PIPELINE_SCENARIOS]
+    messages = simulated(n + live_n, progress) if pipeline else []
     document: dict[str, Any] = {
         "nightjar": __version__,
         "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "n": n,
         "latency_n": live_n,
+        "poster_n": poster_n,
         "seed": SEED,
         "dispatch": settings.dispatch.model_dump(mode="json"),
         "machine": machine(settings),
@@ -157,9 +162,13 @@ def run_bench(
         "scenarios": {},
     }
     for scenario in scenarios:
-        log.info("scenario %s: %d alerts, then %d at a steady rate", scenario, n, live_n)
         try:
-            result = run_scenario(settings, scenario, messages[:n], messages[n:], progress)
+            if scenario == "poster":
+                log.info("scenario poster: %d filter matches to a Fritz-like service", poster_n)
+                result = run_poster(settings, poster_n, progress)
+            else:
+                log.info("scenario %s: %d alerts, then %d at a steady rate", scenario, n, live_n)
+                result = run_scenario(settings, scenario, messages[:n], messages[n:], progress)
         except NightjarError as exc:
             # The other scenarios' numbers are still worth having: report, do not discard.
             log.error("scenario %s failed: %s", scenario, exc)
@@ -177,8 +186,9 @@ def run_scenario(
     base: Settings, scenario: str, backlog: list[bytes], live: list[bytes], progress: bool
 ) -> dict[str, Any]:
     """Pre-produce the backlog, run the broker through both phases, then time the workers."""
-    if scenario not in SCENARIOS:
-        raise ConfigError(f"unknown scenario {scenario!r}; choose from {', '.join(SCENARIOS)}")
+    if scenario not in PIPELINE_SCENARIOS:
+        choices = ", ".join(PIPELINE_SCENARIOS)
+        raise ConfigError(f"unknown scenario {scenario!r}; choose from {choices}")
     names = BenchNames(fresh_id())
     with ExitStack() as cleanup:
         models_dir = None

@@ -75,9 +75,9 @@ class DemoOptions:
     fetch_models: bool = True
     post: bool = True  # run the Fritz sender when a token is available
     serve_metrics: bool = True
-    # Posting is slow next to the broker (~1 s per match on FerretDB): wait this long
-    # after the broker is done, then leave the rest to `nightjar post`.
-    post_wait_s: float = 30.0
+    # After the broker is done, wait until every match is posted (`make demo`'s ~180 take
+    # seconds at fritz.concurrency 8), at most this long; then leave the rest to `nightjar post`.
+    post_timeout_s: float = 300.0
     progress: bool = True
     timeout_s: float = 600.0
 
@@ -195,7 +195,7 @@ def run_broker(
         stats = broker.run(stop, exit_when_idle=IDLE_EXIT_S)
         watching.join(timeout=10)
         if sender is not None:
-            _drain_outbox(settings, options.post_wait_s, say)
+            _drain_outbox(settings, options.post_timeout_s, options.progress, say)
     finally:
         stop.set()
         sender_stop.set()
@@ -222,28 +222,40 @@ def _start_sender(settings: Settings, stop: threading.Event) -> threading.Thread
     return thread
 
 
-def _drain_outbox(settings: Settings, wait_s: float, say: Say) -> None:
-    """Give the poster up to `wait_s` more seconds for the pending jobs."""
+def _drain_outbox(settings: Settings, timeout_s: float, progress: bool, say: Say) -> None:
+    """Wait (at most `timeout_s`) until the poster has no pending job, with a progress bar;
+    say what is left, and how to send it, when the time runs out."""
     client: pymongo.MongoClient[Any] = pymongo.MongoClient(settings.mongo_uri())
     outbox = Outbox(client[settings.mongo.database])
     try:
         counts = outbox.counts()
-        if counts.get("pending", 0):
+        pending = counts.get("pending", 0)
+        if pending:
             say(
                 f"posting filter matches to {settings.fritz.url} ({counts.get('done', 0)} done, "
-                f"{counts['pending']} pending; waiting up to {wait_s:.0f} s)"
+                f"{pending} pending; {settings.fritz.concurrency} at a time, waiting for all "
+                f"of them, at most {timeout_s:.0f} s)"
             )
-        deadline = time.monotonic() + wait_s
-        while counts.get("pending", 0) and time.monotonic() < deadline:
-            time.sleep(0.5)  # the sender works on its own thread; poll its progress
-            counts = outbox.counts()
-        if counts.get("pending", 0):
+        deadline = time.monotonic() + timeout_s
+        total = sum(counts.values())
+        with tqdm(
+            total=total, initial=total - pending, unit="match", desc="posting", disable=not progress
+        ) as bar:
+            while pending and time.monotonic() < deadline:
+                time.sleep(0.5)  # the sender works on its own threads; poll its progress
+                counts = outbox.counts()
+                pending = counts.get("pending", 0)
+                bar.update(total - pending - bar.n)
+        if pending:
             say(
-                f"{counts['pending']} matches not posted yet; send them with: "
+                f"{pending} matches not posted within {timeout_s:.0f} s (is the Fritz-like "
+                f"service at {settings.fritz.url} answering?); send them with: "
                 f"NIGHTJAR_MONGO__DATABASE={settings.mongo.database} "
                 f"NIGHTJAR_FRITZ__TOKEN_FILE={settings.fritz.token_file or '<token file>'} "
                 "nightjar post --exit-when-idle 10"
             )
+        elif counts.get("failed", 0):
+            say(f"{counts['failed']} matches were refused (see the filters table)")
     finally:
         client.close()
 

@@ -3,8 +3,9 @@
 Input: HTTP requests. Output: SkyPortal envelopes for /api/*, the candidates page, PNGs at
 /static/thumbnails/<obj>_<ttype>.png, /healthz. API calls need `Authorization: token <t>`
 (401 when absent or malformed, 403 when unknown); the page takes the token once as ?token=
-and keeps it in a cookie. The standard library is enough for this traffic (tens of posts a
-minute), so the service adds no web framework dependency.
+and keeps it in a cookie. The standard library is enough for this traffic (a thread per
+connection; the poster's bench reaches hundreds of calls/s), so the service adds no web
+framework dependency.
 """
 
 from __future__ import annotations
@@ -152,6 +153,10 @@ class FritzApp:
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
+    # The headers and the body go out in two writes: with Nagle's algorithm on, the body
+    # waits for the client's delayed ACK of the headers, ~40-50 ms a call on a kept-alive
+    # connection (measured: 50 ms p50 per call, both processes idle; 2 candidates/s).
+    disable_nagle_algorithm = True
 
     def do_GET(self) -> None:
         self._serve()
