@@ -16,6 +16,7 @@
 #   make chart        lint and render the Kubernetes chart (deploy/kubernetes/nightjar)
 #   make chart-dashboards   copy deploy/grafana/dashboards/*.json into the chart
 #   make images       every image built offline (debootstrap base, host wheelhouse)
+#   make mongo-tools  mongodump + mongorestore from the Go module proxy (cached) for compose-test
 #   make check-env    says which secret .env is missing (cp .env.example .env)
 #   make up / down    the docker compose deployment (Compose v2; volumes survive down)
 #   make compose-test the deployment end to end on a Docker engine (what CI runs after test)
@@ -67,8 +68,8 @@ DASHBOARDS := deploy/grafana/dashboards
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 .PHONY: help venv system-deps lint format unit fuzz test services-up services-down \
-	services-status demo bench bench-scale models images compose-cli compose-deps check-env \
-	up down compose-test clean rules-test prometheus helm chart chart-dashboards
+	services-status demo bench bench-scale models images compose-cli compose-deps mongo-tools \
+	check-env up down compose-test clean rules-test prometheus helm chart chart-dashboards
 
 help:
 	@sed -n 's/^#   //p' $(firstword $(MAKEFILE_LIST))
@@ -209,8 +210,9 @@ chart: $(HELM) chart-dashboards
 compose-cli:
 	@deploy/compose-cli.sh
 
-# What the offline image build and the compose test need on a Debian host.
-compose-deps:
+# What the offline image build and the compose test need on a Debian host, and mongodump and
+# mongorestore for the test's FerretDB stand-in (Go module proxy, once; cached).
+compose-deps: mongo-tools
 	@missing=""; \
 	command -v dockerd >/dev/null || missing="$$missing docker.io"; \
 	command -v debootstrap >/dev/null || missing="$$missing debootstrap"; \
@@ -220,6 +222,9 @@ compose-deps:
 		$(SUDO) apt-get update -q && \
 		$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+mongo-tools: | system-deps
+	@services/mongo-tools/build.sh >/dev/null
 
 images:
 	deploy/images/build.sh

@@ -5,7 +5,7 @@
 # tests/compose with pytest. PY: the Python that has the project and pytest (.venv).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
-PY=${PY:-.venv/bin/python}
+export PY=${PY:-.venv/bin/python}
 state=.nightjar/compose-test
 mkdir -p "$state"
 say() { echo "compose-test: $*" >&2; }

@@ -88,10 +88,15 @@ class Stack:
         )
         return env
 
-    def run(self, argv: list[str], timeout: float = 900) -> str:
-        """A command in the repository root; its output is in the failure message."""
+    def run(self, argv: list[str], timeout: float = 900, cwd: Path = REPO) -> str:
+        """A command (in the repository root); its output is in the failure message."""
+        env = self.env
+        if cwd != REPO:  # elsewhere, the same compose files (and project) by absolute path
+            env["COMPOSE_FILE"] = os.pathsep.join(
+                str(REPO / name) for name in env["COMPOSE_FILE"].split(os.pathsep)
+            )
         done = subprocess.run(
-            argv, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
+            argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
         )
         output = done.stdout + done.stderr
         assert done.returncode == 0, f"{' '.join(argv)} exited {done.returncode}:\n{output[-4000:]}"
@@ -137,6 +142,14 @@ class Stack:
 
     def url(self, name: str, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[name]}{path}"
+
+
+def readme_commands(heading: str) -> list[str]:
+    """The lines of the first ```bash block under `heading` in README.md, as written there."""
+    text = (REPO / "README.md").read_text()
+    start = text.index(f"\n{heading}\n")
+    block = text.index("```bash\n", start) + len("```bash\n")
+    return [line for line in text[block : text.index("```", block)].splitlines() if line]
 
 
 def get_json(url: str, timeout: float = 10) -> Any:

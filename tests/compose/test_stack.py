@@ -4,16 +4,20 @@ Run by `make compose-test` (tests/compose/run.sh builds the images offline first
 run in file order on one stack: healthy services; the ZTF and LSST reference alerts and
 simulated ones each stored once, published, or dead-lettered; filter matches posted to the
 Fritz-like service once; Prometheus targets up and rules loaded; the dashboards' queries;
-data kept across `make down`/`make up` with a second replay adding nothing; three workers
-sharing batches; `docker compose down -v` leaving nothing.
+data kept across `make down`/`make up` with a second replay adding nothing; the README's
+mongodump and mongorestore lines bringing back deleted alerts; three workers sharing batches;
+`docker compose down -v` leaving nothing.
 """
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +34,7 @@ from tests.compose.stack import (
     Stack,
     choose_ports,
     get_json,
+    readme_commands,
     wait_for,
 )
 from tests.e2e.test_reference_alerts import candid_of
@@ -44,6 +49,7 @@ pytestmark = [
 ]
 
 NIGHTJAR = Path(sys.executable).parent / "nightjar"
+ARCHIVE_MAGIC = (0x8199E26D).to_bytes(4, "little")  # the first bytes of a mongodump --archive
 ZTF_TOPIC = "ztf_20260101_programid1"
 LSST_TOPIC = "lsst-alerts-v7"
 SIMULATED = 300
@@ -247,6 +253,42 @@ def test_data_survives_down_and_up_and_a_second_replay_adds_nothing(
     # alerts are new messages, so each is recorded once more, and stored nowhere else.
     assert after["rejected"] == 2 * before["rejected"]
     assert database(stack)["outbox"].count_documents({"status": {"$ne": "done"}}) == 0
+
+
+def test_the_readme_backup_brings_back_lost_alerts(
+    stack: Stack, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README "Back up MongoDB": its dump and restore lines run as written (the restore's
+    example file name swapped for the dump's), mongodump and mongorestore in the `mongo`
+    container as in mongo:7.0's image."""
+    dump, restore = readme_commands("### Back up MongoDB")
+    db = database(stack)
+    before = stored_counts(stack)
+    sample = db["alerts"].find_one({"survey": "lsst"})
+    began = time.monotonic()
+    stack.run(["bash", "-c", dump], cwd=tmp_path)
+    dump_s = time.monotonic() - began
+    [archive] = tmp_path.glob("nightjar-*.archive.gz")
+    data = archive.read_bytes()
+    assert gzip.decompress(data)[:4] == ARCHIVE_MAGIC, f"{archive.name}: not a mongodump archive"
+
+    lost = db["alerts"].delete_many({"survey": "lsst"}).deleted_count
+    db["rejected"].drop()
+    assert sample is not None and lost > 0 and stored_counts(stack)["rejected"] == 0
+    restore = re.sub(r"nightjar-\d{4}-\d{2}-\d{2}\.archive\.gz", archive.name, restore)
+    began = time.monotonic()
+    stack.run(["bash", "-c", restore], cwd=tmp_path)
+    restore_s = time.monotonic() - began
+
+    assert stored_counts(stack) == before
+    assert db["alerts"].find_one({"_id": sample["_id"]}) == sample
+    indexes = {index["name"]: index for index in db["alerts"].list_indexes()}
+    assert indexes["survey_candid"].get("unique") is True and "object" in indexes, indexes
+    with capsys.disabled():
+        print(
+            f"\n  backup: mongodump of {before['alerts']} alerts and {before['rejected']} "
+            f"rejections {dump_s:.1f} s ({len(data) / 1e6:.1f} MB), mongorestore {restore_s:.1f} s"
+        )
 
 
 def test_three_workers_share_the_batches(stack: Stack, tmp_path: Path) -> None:

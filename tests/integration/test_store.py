@@ -170,6 +170,16 @@ def test_the_unique_index_refuses_a_second_document_for_one_candid(
         )
 
 
+def test_an_index_as_mongorestore_sends_it_is_created(mongo_db: Db) -> None:
+    """mongorestore (README "Back up MongoDB") names the legacy option "ns" in every index it
+    restores; MongoDB ignores it, and so does Nightjar's FerretDB (its msg_createindexes patch)."""
+    spec = {"key": {"survey": 1, "candid": 1}, "name": "survey_candid", "unique": True}
+    spec["ns"] = f"{mongo_db.name}.alerts"
+    mongo_db.command("createIndexes", "alerts", indexes=[spec], ignoreUnknownIndexOptions=True)
+    indexes = {index["name"]: index for index in mongo_db["alerts"].list_indexes()}
+    assert indexes["survey_candid"].get("unique") is True, indexes
+
+
 def test_rejections_are_stored_once_per_origin(store: Store, mongo_db: Db) -> None:
     rejections = [
         Rejection("undecodable", "truncated", b"\x00\x01", Origin("in", 2, 40)),

@@ -29,7 +29,9 @@ SOURCE = SOURCES / "ferretdb"
 # Files of services/ferretdb/patches/ laid over the vendored FerretDB source before building
 # (the Go toolchain refuses overlays of module-cache files, hence `go mod vendor`):
 # metadata.go (indexes), collection.go (_id $in pushed down to SQLite), fsql_tx.go and
-# fsql_db.go (no debug-log formatting of every statement's arguments when debug is off).
+# fsql_db.go (no debug-log formatting of every statement's arguments when debug is off),
+# msg_createindexes.go (the legacy index option "ns" ignored, as MongoDB does: mongorestore
+# sends it with every index it restores).
 PATCHES = {
     "patches/metadata.go": (
         "github.com/FerretDB/FerretDB/internal/backends/sqlite/metadata/metadata.go"
@@ -37,6 +39,9 @@ PATCHES = {
     "patches/collection.go": "github.com/FerretDB/FerretDB/internal/backends/sqlite/collection.go",
     "patches/fsql_tx.go": "github.com/FerretDB/FerretDB/internal/util/fsql/tx.go",
     "patches/fsql_db.go": "github.com/FerretDB/FerretDB/internal/util/fsql/db.go",
+    "patches/msg_createindexes.go": (
+        "github.com/FerretDB/FerretDB/internal/handler/msg_createindexes.go"
+    ),
 }
 SOURCE_FILES = ("go.mod", "go.sum", "main.go", *PATCHES)
 PORT_ENV = "NIGHTJAR_SERVICES_FERRETDB_PORT"
