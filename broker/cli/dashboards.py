@@ -9,7 +9,12 @@ Exits 1 on any problem, so CI and the compose test can call it.
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from broker.tools.observe import Dashboard, Prometheus
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,11 +42,39 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         metavar="NAME=VALUE",
         help="a dashboard variable's value, e.g. dead_letter_topic=ztf.deadletter (repeatable)",
     )
+    check.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="re-run the queries for up to S seconds until each has data (default 0: once). "
+        "rate() needs two scrapes of a counter, so a panel shows data up to two scrape "
+        "intervals after the first alert; a check right after traffic should wait 60",
+    )
     check.add_argument("--render", type=Path, metavar="DIR", help="write one PNG per panel here")
     check.add_argument(
         "--minutes", type=float, default=30.0, help="time span the PNGs show (default 30)"
     )
     parser.set_defaults(run=run)
+
+
+def _query_until_ok(
+    args: argparse.Namespace,
+    dashboards: list[Dashboard],
+    prometheus: Prometheus,
+    overrides: dict[str, str],
+) -> tuple[list[str], bool]:
+    from broker.tools import observe
+
+    deadline = time.monotonic() + max(0.0, args.wait)
+    while True:
+        results = observe.check_queries(dashboards, prometheus, args.rate_interval, overrides)
+        lines, ok = observe.report(results, observe.expected_empty())
+        if ok or time.monotonic() >= deadline:
+            return lines, ok
+        missing = sum(line.startswith(("NO DATA", "ERROR")) for line in lines)
+        print(f"{missing} queries without data yet; asking again in 5 s", flush=True)
+        time.sleep(5.0)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -58,8 +91,7 @@ def run(args: argparse.Namespace) -> int:
         return 1 if problems else 0
     prometheus = observe.Prometheus(args.prometheus)
     overrides = dict(v.split("=", 1) for v in args.var if "=" in v)
-    results = observe.check_queries(dashboards, prometheus, args.rate_interval, overrides)
-    lines, queries_ok = observe.report(results, observe.expected_empty())
+    lines, queries_ok = _query_until_ok(args, dashboards, prometheus, overrides)
     print("\n".join(lines))
     missing = observe.rules_not_loaded(prometheus)
     for line in missing:

@@ -234,7 +234,10 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     # The checker of the dashboards (issue 12 item 2) lands as `nightjar dashboards check`.
     if not (REPO / "broker" / "cli" / "dashboards.py").exists():
         pytest.skip("hook: `nightjar dashboards check --prometheus URL` is not on this branch yet")
-    run_nightjar(["dashboards", "check", "--prometheus", stack.prometheus], env=stack.env)
+    # The alerts were all handled seconds ago: a counter born with the first alert needs a
+    # second scrape (15 s apart) before rate() has a value, hence the wait.
+    argv = ["dashboards", "check", "--prometheus", stack.prometheus, "--wait", "90"]
+    run_nightjar(argv, env=stack.env)
 
 
 def test_data_survives_down_and_up_and_a_second_replay_adds_nothing(

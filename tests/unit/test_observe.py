@@ -184,3 +184,29 @@ def test_cli_checks_the_structure(tmp_path: Path, capsys: pytest.CaptureFixture[
     (tmp_path / "broken.json").write_text(json.dumps(broken))
     assert cli.main(["dashboards", "check", "--dir", str(tmp_path)]) == 1
     assert "PROBLEM  broken.json: panel id 1 is used more than once" in capsys.readouterr().out
+
+
+def test_wait_asks_again_until_every_query_has_data(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A counter born with the first alert has no rate() until its second scrape: --wait
+    asks again (every 5 s) until the panels fill, and gives up at its deadline."""
+    from broker.cli import dashboards as command
+
+    answers = iter([0, 0, 3])
+    asked: list[float] = []
+
+    def check(*_: Any) -> list[observe.QueryResult]:
+        return [observe.QueryResult("d", "p", "A", "rate(x[5m])", next(answers))]
+
+    monkeypatch.setattr(observe, "check_queries", check)
+    monkeypatch.setattr(command.time, "sleep", asked.append)
+    args = cli.build_parser().parse_args(["dashboards", "check", "--wait", "60"])
+    lines, ok = command._query_until_ok(args, [], observe.Prometheus("http://x"), {})
+    assert ok and lines == ["ok       d/p/A: 3 series"] and asked == [5.0, 5.0]
+    assert "1 queries without data yet; asking again in 5 s" in capsys.readouterr().out
+
+    answers = iter([0, 0])
+    args = cli.build_parser().parse_args(["dashboards", "check"])
+    lines, ok = command._query_until_ok(args, [], observe.Prometheus("http://x"), {})
+    assert not ok and lines == ["NO DATA  d/p/A: rate(x[5m])"]

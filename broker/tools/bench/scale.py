@@ -162,7 +162,10 @@ def _start_brokers(
     for index in range(spec.brokers):
         port = procs.free_port()
         extra = {"NIGHTJAR_METRICS__ENABLED": "true", "NIGHTJAR_METRICS__PORT": str(port),
-                 "NIGHTJAR_METRICS__HOST": "127.0.0.1"}  # fmt: skip
+                 "NIGHTJAR_METRICS__HOST": "127.0.0.1",
+                 # Static membership as a site runs it: each broker its own name (the
+                 # default, the host name, is one name for all of them here).
+                 "NIGHTJAR_KAFKA__INSTANCE_NAME": f"bench-broker-{index}"}  # fmt: skip
         if spec.workers:
             extra["NIGHTJAR_DISPATCH__SCHEDULER_ADDRESS"] = external.address
         argv = procs.broker_argv(CONFIG)
