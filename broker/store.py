@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 DUPLICATE_KEY = 11000
 # FerretDB 1.24 keeps one SQLite connection (of a pool of 100) per statement of an update
 # command until the command ends: 100 updates in one bulk_write never finish and stall the
-# whole server. Smaller commands cost nothing on MongoDB.
+# whole server. Smaller commands cost nothing on MongoDB. (The FerretDB `nightjar services`
+# builds is patched, services/ferretdb/patches/msg_update.go; this keeps stock FerretDB going.)
 UPDATES_PER_COMMAND = 50
 # MongoDB's document limit (16 MiB) less room for the other fields (detail, origin, head):
 # larger raw bytes are not kept; their size, sha256 and first bytes are.

@@ -199,11 +199,29 @@ def test_filter_matches_are_posted_to_fritz_once(stack: Stack) -> None:
     def posted() -> bool:
         return jobs.count_documents({"status": "done"}) == matches
 
-    wait_for(f"{matches} outbox jobs done", posted, timeout=STREAM_S)
+    try:
+        wait_for(f"{matches} outbox jobs done", posted, timeout=STREAM_S)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{outbox_diagnosis(stack)}") from None
     candidates = database(stack, "fritz")["candidates"]
     rows = list(candidates.find({}, {"obj_id": 1, "filter_id": 1, "passing_alert_id": 1}))
     per_match = Counter((r["passing_alert_id"], r["filter_id"]) for r in rows)
     assert len(rows) == matches and max(per_match.values()) == 1, per_match.most_common(3)
+
+
+def outbox_diagnosis(stack: Stack) -> str:
+    """The jobs not done (state, tries, last error) and the poster's and Fritz's last lines."""
+    fields = ["status", "attempts", "failures", "next_attempt_at", "lease_expires_at"]
+    projection = {name: 1 for name in [*fields, "last_error", "object_id", "progress"]}
+    rows = database(stack)["outbox"].find({"status": {"$ne": "done"}}, projection).limit(20)
+    lines = [f"{row['_id']}: {' '.join(str(row.get(f)) for f in fields)} "
+             f"steps={sorted(row.get('progress') or {})} error={row.get('last_error')!r}"
+             for row in rows]  # fmt: skip
+    logs = subprocess.run(
+        ["docker", "compose", "logs", "--no-color", "--tail", "80", "poster", "fritz"],
+        cwd=REPO, env=stack.env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return "\n".join(["jobs not done:", *lines, "logs:", logs.stdout[-12000:]])
 
 
 def test_prometheus_scrapes_every_target_and_loads_every_rule(stack: Stack) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import uuid
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -10,7 +12,7 @@ from typing import Any
 import pytest
 from pymongo import MongoClient
 from pymongo.database import Database
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import DuplicateKeyError, PyMongoError
 
 from broker import __version__, history
 from broker.decode import Decoder
@@ -297,3 +299,43 @@ def test_two_brokers_writing_the_same_objects_at_once_lose_no_point(
         for client in clients:
             client.close()
     assert_each_point_once(mongo_db, ztf, fullest=False)
+
+
+def test_concurrent_update_commands_of_many_statements_all_finish(mongo_uri: str) -> None:
+    """Several clients at once each sending update commands of UPDATES_PER_COMMAND upserts
+    (brokers storing objects, the Fritz-like service storing photometry): every command
+    finishes. Unpatched FerretDB 1.24 held one SQLite connection per statement until the
+    command ended; commands needing more than its pool of 100 together waited on each other
+    and the database stopped answering for good (services/ferretdb/patches/msg_update.go)."""
+    from pymongo import UpdateOne
+
+    from broker.store import UPDATES_PER_COMMAND
+
+    name = f"nightjar_test_updates_{uuid.uuid4().hex[:8]}"
+    # A hang fails the test (socket timeout) instead of blocking the run.
+    client: MongoClient[dict[str, Any]] = MongoClient(mongo_uri, socketTimeoutMS=30_000)
+    collection = client[name]["points"]
+    # Statements that match a stored document are the ones that kept their connection (an
+    # empty match released it), as when a light curve or its photometry is stored again.
+    ids = [f"{worker}:{i}" for worker in range(8) for i in range(UPDATES_PER_COMMAND)]
+    collection.insert_many([{"_id": key, "round": -1} for key in ids])
+
+    def client_commands(worker: int) -> int:
+        done = 0
+        for round_ in range(4):
+            updates = [
+                UpdateOne({"_id": f"{worker}:{i}"}, {"$set": {"round": round_}}, upsert=True)
+                for i in range(UPDATES_PER_COMMAND)
+            ]
+            done += collection.bulk_write(updates, ordered=False).modified_count
+        return done
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            counts = list(pool.map(client_commands, range(8)))
+        assert counts == [4 * UPDATES_PER_COMMAND] * 8
+        assert collection.count_documents({"round": 3}) == len(ids)
+    finally:
+        with contextlib.suppress(PyMongoError):
+            client.drop_database(name)
+        client.close()

@@ -31,7 +31,10 @@ SOURCE = SOURCES / "ferretdb"
 # metadata.go (indexes), collection.go (_id $in pushed down to SQLite), fsql_tx.go and
 # fsql_db.go (no debug-log formatting of every statement's arguments when debug is off),
 # msg_createindexes.go (the legacy index option "ns" ignored, as MongoDB does: mongorestore
-# sends it with every index it restores).
+# sends it with every index it restores), msg_update.go (each statement of an update
+# command closes its query before the next: upstream holds one SQLite connection per
+# statement until the command ends, and concurrent commands of 50 statements exhausted
+# the pool of 100 and hung the database for good).
 PATCHES = {
     "patches/metadata.go": (
         "github.com/FerretDB/FerretDB/internal/backends/sqlite/metadata/metadata.go"
@@ -42,6 +45,7 @@ PATCHES = {
     "patches/msg_createindexes.go": (
         "github.com/FerretDB/FerretDB/internal/handler/msg_createindexes.go"
     ),
+    "patches/msg_update.go": "github.com/FerretDB/FerretDB/internal/handler/msg_update.go",
 }
 SOURCE_FILES = ("go.mod", "go.sum", "main.go", *PATCHES)
 PORT_ENV = "NIGHTJAR_SERVICES_FERRETDB_PORT"

@@ -31,7 +31,9 @@ from nightjar_fritz.payloads import (
 )
 
 # FerretDB 1.24 holds one SQLite connection (of a pool of 100) per statement of an update
-# command until the command ends: 100 updates in one bulk_write stall the whole server.
+# command until the command ends: 100 updates in one bulk_write stall the whole server, and
+# so do concurrent commands that together pass 100 (the build `nightjar services` runs is
+# patched against it: services/ferretdb/patches/msg_update.go).
 UPDATES_PER_COMMAND = 50
 _COLLECTIONS_WITH_IDS = ("candidates", "photometry", "thumbnails", "annotations")
 _DUPLICATE_KEY = 11000
