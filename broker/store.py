@@ -144,10 +144,16 @@ class Store:
         if not alerts:
             return StoreResult()
         updates, added = object_updates(alerts, stored_history)
+        # The read-back checks every object this write touched, not only those it added
+        # points to: on FerretDB an update that adds nothing ($set, $min, $max) still
+        # rewrites the whole document from its own read, and can bring back a form another
+        # broker had just removed; a batch replayed after a crash finds its points stored
+        # and adds none, yet its first run may have died between its write and its check.
+        checked = {key: added.get(key, []) for key in _object_keys(alerts)}
         # Light curves on a second connection while the alert documents are inserted: the
         # server overlaps its decoding and encoding of the two (FerretDB: 1.70 -> 1.22 ms
         # per alert, measured). Each part is idempotent; a failure of either retries both.
-        objects = self._objects_writer.submit(self._update_objects, updates, added)
+        objects = self._objects_writer.submit(self._update_objects, updates, checked)
         started = time.perf_counter()
         now = datetime.now(UTC)
         docs = [alert_document(a, r, now) for a, r in zip(alerts, results, strict=True)]
@@ -160,14 +166,16 @@ class Store:
         timings = {"store_alerts": alerts_seconds, "store_objects": objects.result()}
         return StoreResult(docs, added, timings)
 
-    def _update_objects(self, updates: Sequence[pymongo.UpdateOne], added: history.Points) -> float:
+    def _update_objects(
+        self, updates: Sequence[pymongo.UpdateOne], checked: history.Points
+    ) -> float:
         started = time.perf_counter()
         with _transient("update objects"):
             for start in range(0, len(updates), UPDATES_PER_COMMAND):
                 _upsert(self.objects, updates[start : start + UPDATES_PER_COMMAND])
             if self.repair_light_curves:
                 # Other brokers may have written the same objects meanwhile (history.repair).
-                history.repair(self.objects, added, UPDATES_PER_COMMAND)
+                history.repair(self.objects, checked, UPDATES_PER_COMMAND)
         return time.perf_counter() - started
 
     def write_rejections(self, rejections: Sequence[Rejection]) -> None:
@@ -229,6 +237,10 @@ def alert_document(alert: Alert, result: AlertResult, now: datetime) -> AlertDoc
         ingested_at=now,
         origin=_origin(alert.origin),
     )
+
+
+def _object_keys(alerts: Iterable[Alert]) -> list[str]:
+    return sorted({object_key(alert.survey, alert.object_id) for alert in alerts})
 
 
 def object_updates(

@@ -456,11 +456,20 @@ def same_value(left: Any, right: Any) -> bool:
 
 def light_curve_duplicates(db: Database[Any]) -> dict[str, int]:
     """Objects whose light curve holds a detection or limit more than once, with the excess."""
+    return {key: sum(len(held) - 1 for held in repeated)
+            for key, repeated in repeated_points(db).items()}  # fmt: skip
+
+
+def repeated_points(db: Database[Any]) -> dict[str, list[list[dict[str, Any]]]]:
+    """Per object, the points its light curve holds more than once: every form of each."""
     found = {}
     for doc in db["objects"].find({}, {"survey": 1, "lightcurve": 1}):
-        keys = [history.point_key(doc["survey"], point) for point in doc["lightcurve"]]
-        if len(keys) != len(set(keys)):
-            found[doc["_id"]] = len(keys) - len(set(keys))
+        forms: dict[Any, list[dict[str, Any]]] = {}
+        for point in doc["lightcurve"]:
+            forms.setdefault(history.point_key(doc["survey"], point), []).append(point)
+        repeated = [held for held in forms.values() if len(held) > 1]
+        if repeated:
+            found[doc["_id"]] = repeated
     return found
 
 

@@ -30,6 +30,7 @@ from tests.pipeline_helpers import (
     output_record,
     produce,
     read_topic,
+    repeated_points,
 )
 
 ALERTS = 1500
@@ -104,7 +105,7 @@ def test_two_brokers_share_the_partitions_and_survive_one_killed(
         output_record(m.value)["candid"] for m in read_topic(rig.bootstrap, rig.output_topic("ztf"))
     ]
     assert set(published) == candids  # at least once
-    assert light_curve_duplicates(mongo_db) == {}
+    assert light_curve_duplicates(mongo_db) == {}, describe(repeated_points(mongo_db))
     assert all(worker.running() for worker in cluster.workers)
     assert os.getpgid(cluster.workers[0].popen.pid) != os.getpgid(os.getpid())
 
@@ -112,3 +113,16 @@ def test_two_brokers_share_the_partitions_and_survive_one_killed(
 def assigned(process: BrokerProcess) -> bool:
     """The broker's log says it was given at least one partition."""
     return any("assigned" in line and "nothing" not in line for line in process.log.splitlines())
+
+
+def describe(repeated: dict[str, list[list[dict[str, Any]]]]) -> str:
+    """Each repeated point's forms: equal as documents?, and which fields differ."""
+    lines = []
+    for key, groups in repeated.items():
+        for forms in groups:
+            first = forms[0]
+            for other in forms[1:]:
+                differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
+                lines.append(f"{key}: equal={first == other} order_same={list(first) == list(other)} "
+                             f"len={len(first)}/{len(other)} differ={differ}")
+    return "\n".join(lines)
