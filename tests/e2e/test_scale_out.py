@@ -122,7 +122,11 @@ def describe(repeated: dict[str, list[list[dict[str, Any]]]]) -> str:
         for forms in groups:
             first = forms[0]
             for other in forms[1:]:
-                differ = sorted(k for k in first.keys() | other.keys() if first.get(k) != other.get(k))
-                lines.append(f"{key}: equal={first == other} order_same={list(first) == list(other)} "
-                             f"len={len(first)}/{len(other)} differ={differ}")
+                differ = sorted(
+                    k for k in first.keys() | other.keys() if first.get(k) != other.get(k)
+                )
+                lines.append(
+                    f"{key}: equal={first == other} order_same={list(first) == list(other)} "
+                    f"len={len(first)}/{len(other)} differ={differ}"
+                )
     return "\n".join(lines)
