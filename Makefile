@@ -164,7 +164,7 @@ demo: $(STAMP)
 	$(NIGHTJAR) demo
 
 # The full model set installed and the local services up first: a fresh machine measures
-# what the README quotes. The JSONs land in artifacts/. About 25 minutes on 2 cores: the
+# what the README quotes. The JSONs land in artifacts/. About 18 minutes on 2 cores: the
 # single-process scenarios and the poster first, then the scale-out below (16 minutes).
 bench: models services-up
 	$(NIGHTJAR) bench --out artifacts/bench.json
